@@ -1,0 +1,105 @@
+# pat: build, generate, test. `make help` lists the targets.
+CUDA_HOME ?= /usr/local/cuda
+CC        ?= cc
+V         ?= 0
+Q          = $(if $(filter 1,$(V)),,@)
+
+WARN      = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
+            -Wformat=2 -Wundef -Wno-unused-parameter
+INCLUDES  = -Igen -Iruntime -Ibuild -I/usr/include/lua5.4 -I$(CUDA_HOME)/include
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(INCLUDES) $(CFLAGS)
+SAN        = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+
+# Lua, libyaml and xxhash are linked statically so the binaries run where they are absent.
+STATIC_LIBS = -l:liblua5.4.a -l:libyaml.a -l:libxxhash.a
+CUDA_LIBS   = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnvrtc
+SYS_LIBS    = -lpthread -ldl -lm
+
+GEN_SRC  = $(filter-out gen/patgen.c gen/embed_tool.c,$(wildcard gen/*.c))
+RT_SRC   = $(wildcard runtime/*.c)
+LIB_SRC  = $(GEN_SRC) $(RT_SRC) build/embedded.c
+TEST_SRC = $(wildcard tests/*.c)
+EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh))
+SPECS    = $(sort $(wildcard specs/*.yaml))
+
+OBJ      = $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
+SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) gen/patgen.c $(TEST_SRC))
+
+.PHONY: all generate check-generated test test-cpu test-gpu goldens deps clean help run
+all: bin/patgen build/libpat.a build/libpat.so
+
+help:
+	@echo "make deps            install the Debian packages pat needs (apt-get)"
+	@echo "make all             build bin/patgen, build/libpat.a, build/libpat.so"
+	@echo "make run             generate + compile the default spec, run a default decode workload"
+	@echo "make generate        regenerate generated/ from specs/"
+	@echo "make check-generated fail if generated/ differs from a fresh generation"
+	@echo "make test            all tests (GPU tests skip without a GPU driver)"
+	@echo "make goldens         rewrite tests/golden/ from the current templates"
+
+deps:
+	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "deps: all present"; fi
+	@test -x $(CUDA_HOME)/bin/nvcc -o -f $(CUDA_HOME)/include/nvrtc.h || \
+	  { echo "deps: no CUDA toolkit at CUDA_HOME=$(CUDA_HOME)"; exit 1; }
+
+build/embed_tool: gen/embed_tool.c
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 -O1 $(WARN) -o $@ $<
+
+build/embedded.c: build/embed_tool $(EMBEDDED)
+	$(Q)build/embed_tool $(EMBEDDED) > $@.tmp && mv $@.tmp $@
+
+build/obj/%.o: %.c | build/embedded.c
+	@mkdir -p $(@D)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+build/san/%.o: %.c | build/embedded.c
+	@mkdir -p $(@D)
+	@echo "  CC san  $<"
+	$(Q)$(CC) $(ALL_CFLAGS) $(SAN) -MMD -MP -c -o $@ $<
+
+build/libpat.a: $(OBJ)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+build/libpat.so: $(OBJ)
+	$(Q)$(CC) -shared -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
+
+bin/patgen: build/obj/gen/patgen.o build/libpat.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
+
+build/tests: $(SAN_OBJ)
+	$(Q)$(CC) $(SAN) -o $@ $(filter-out build/san/gen/patgen.o,$^) \
+	  $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
+
+# The test binary also drives bin/patgen (CLI tests), so both are built first.
+test: bin/patgen build/tests check-generated
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
+
+generate: bin/patgen
+	$(Q)for s in $(SPECS); do n=$$(basename $$s .yaml); \
+	  bin/patgen $$s -o generated/$$n || exit 1; done
+
+check-generated: bin/patgen
+	$(Q)rm -rf build/regen && mkdir -p build/regen && for s in $(SPECS); do \
+	  n=$$(basename $$s .yaml); bin/patgen $$s -o build/regen/$$n >/dev/null || exit 1; done
+	$(Q)diff -r generated build/regen >/dev/null || { echo "generated/ is stale: run 'make generate'"; \
+	  diff -r generated build/regen | head -40; exit 1; }
+	@echo "check-generated: generated/ matches specs/ and templates/"
+
+goldens: bin/patgen
+	$(Q)rm -rf tests/golden && bin/patgen tests/golden.yaml -o tests/golden
+
+run: bin/patgen build/libpat.so
+	bin/patgen run specs/default.yaml
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

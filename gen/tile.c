@@ -1,0 +1,94 @@
+/* tile.c: resources and names of a forward-kernel tile; mirrors templates/decode.cu.lua. */
+#include "tile.h"
+
+#include <stdio.h>
+
+int pat_tile_warps_m(const pat_tile *t) { return t->m / 16; }
+int pat_tile_warps_n(const pat_tile *t) { return t->warps / (t->m / 16); }
+int pat_tile_threads(const pat_tile *t) { return 32 * t->warps; }
+
+static int dtype_bytes(pat_dtype d) { (void)d; return 2; }
+
+/*
+** Layout of the forward kernel's dynamic shared memory:
+**   Q tile      M x HEAD_DIM elements, loaded once;
+**   K, V ring   STAGES x 2 x N x HEAD_DIM elements, the cp.async pipeline;
+** and, reusing the ring once the KV loop is over, the epilogue that combines the warps that
+** split N: per warp 16 x HEAD_DIM fp32 partial outputs plus 16 x 2 fp32 (row max, row sum).
+*/
+int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t)
+{
+  int e = dtype_bytes(s->dtype);
+  int q = t->m * s->head_dim * e;
+  int ring = t->stages * 2 * t->n * s->head_dim * e;
+  int epilogue = t->warps * 16 * (s->head_dim + 2) * 4;
+  return q + (ring > epilogue ? ring : epilogue);
+}
+
+int pat_arch_smem_limit(int arch)
+{
+  switch (arch) {
+  case 80: return 163 * 1024;
+  case 86: case 89: return 99 * 1024;
+  case 90: return 227 * 1024;
+  default: return 0;
+  }
+}
+
+int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen)
+{
+  if (t->m < 16 || t->m > 128 || t->m % 16) {
+    snprintf(err, errlen, "m: must be 16, 32, 48, ... 128 (a multiple of the 16-row mma), got %d", t->m);
+    return -1;
+  }
+  if (t->warps < 1 || t->warps > 16) {
+    snprintf(err, errlen, "warps: must be 1..16, got %d", t->warps);
+    return -1;
+  }
+  if (t->warps % (t->m / 16)) {
+    snprintf(err, errlen, "warps: %d warps cannot cover m=%d rows (need a multiple of m/16 = %d)",
+             t->warps, t->m, t->m / 16);
+    return -1;
+  }
+  if (t->n < 16 || t->n > 256 || t->n % 16) {
+    snprintf(err, errlen, "n: must be a multiple of 16 in 16..256, got %d", t->n);
+    return -1;
+  }
+  int wn = pat_tile_warps_n(t);
+  if (t->n % (16 * wn)) {
+    snprintf(err, errlen, "n: %d tokens cannot be split over %d warps in slices of 16", t->n, wn);
+    return -1;
+  }
+  if (t->stages < 2 || t->stages > 8) {
+    snprintf(err, errlen, "stages: must be 2..8, got %d", t->stages);
+    return -1;
+  }
+  int smem = pat_tile_smem_bytes(s, t);
+  for (int i = 0; i < s->num_archs; i++) {
+    int limit = pat_arch_smem_limit(s->archs[i]);
+    if (smem > limit) {
+      snprintf(err, errlen, "tile m=%d n=%d stages=%d needs %d bytes of shared memory, "
+               "more than sm_%d allows (%d)", t->m, t->n, t->stages, smem, s->archs[i], limit);
+      return -1;
+    }
+  }
+  for (int i = 0; i < s->num_gqa; i++) {
+    if (s->gqa[i] > t->m) {
+      snprintf(err, errlen, "tile m=%d is smaller than GQA ratio %d: one query's heads must fit a tile",
+               t->m, s->gqa[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+int pat_tile_kernel_name(const pat_spec *s, const pat_tile *t, int gqa, char *buf, size_t n)
+{
+  return snprintf(buf, n, "pat_fwd_%s_m%dn%dw%ds%d_g%d", s->name, t->m, t->n, t->warps,
+                  t->stages, gqa);
+}
+
+int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n)
+{
+  return snprintf(buf, n, "pat_merge_%s", s->name);
+}

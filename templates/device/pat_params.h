@@ -1,0 +1,54 @@
+/* pat_params.h: what the host passes to the forward and merge kernels. Shared by the
+** runtime (C11) and the kernels (NVRTC): plain C, int = 32 bits, no library headers. */
+#ifndef PAT_PARAMS_H
+#define PAT_PARAMS_H
+
+/* One pack: queries that share a run of KV pages. One CTA per (pack, kv head). Tokens are
+** counted from the first token of the pack's first page. */
+typedef struct pat_pack {
+  int query_begin;  /* index of its first entry in pack_queries */
+  int num_queries;  /* num_queries x GQA <= tile M */
+  int page_begin;   /* index of its first page id in pages */
+  int kv_len;       /* tokens attended to, 1 .. pages x PAGE_SIZE */
+} pat_pack;
+
+/* One query in a pack and where its partial result goes. */
+typedef struct pat_pack_query {
+  int query;  /* row of q and out */
+  int slot;   /* workspace slot, or -1: the query's only split, written straight to out */
+} pat_pack_query;
+
+/* A query with several splits: merge combines slots slot_begin .. slot_begin+num_splits-1. */
+typedef struct pat_merge_item {
+  int query;
+  int slot_begin;
+  int num_splits;
+} pat_merge_item;
+
+typedef struct pat_fwd_params {
+  const void *q;          /* [queries][q_heads][HEAD_DIM], q_stride elements between queries, device */
+  const void *k_cache;    /* [pages][PAGE_SIZE][kv_heads][HEAD_DIM], device */
+  const void *v_cache;    /* same layout as k_cache, device */
+  void *out;              /* [queries][q_heads][HEAD_DIM], o_stride elements between queries, device */
+  float *part_o;          /* [slots][q_heads][HEAD_DIM] normalised partial outputs, device */
+  float *part_lse;        /* [slots][q_heads] log2-sum-exp2 of the scaled scores, device */
+  const pat_pack *packs;  /* this launch's packs, grid.x of them, device */
+  const pat_pack_query *pack_queries;  /* device */
+  const int *pages;       /* page ids, device */
+  long long q_stride;     /* elements */
+  long long o_stride;     /* elements */
+  int q_heads;            /* kv_heads x GQA */
+  int kv_heads;
+  float scale_log2;       /* softmax scale x log2(e) */
+} pat_fwd_params;
+
+typedef struct pat_merge_params {
+  const float *part_o;    /* as in pat_fwd_params, device */
+  const float *part_lse;  /* device */
+  void *out;              /* device */
+  const pat_merge_item *items;  /* grid.x of them, device */
+  long long o_stride;     /* elements */
+  int q_heads;
+} pat_merge_params;
+
+#endif
