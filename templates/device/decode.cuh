@@ -1,0 +1,264 @@
+// decode.cuh: the forward kernel body. One CTA runs one (pack, kv head): the pack's query rows
+// (queries x GQA heads) against its run of KV pages, streamed through shared memory.
+//
+// Warps: WARPS_M along the rows (16 rows each) x WARPS_N along the tokens of a step (SLICE_N
+// tokens each). Every warp keeps its own online-softmax state; the epilogue combines the
+// WARPS_N warps of a row block through shared memory and writes either the final output or a
+// normalised partial output plus its log2-sum-exp2 for the merge kernel.
+#pragma once
+
+#include "pat/params.h"
+#include "pat/mma.cuh"
+
+// C provides: Elem (pat_fp16 / pat_bf16), HEAD_DIM, PAGE_SIZE, GQA, TILE_M, TILE_N, WARPS_M,
+// WARPS_N, STAGES, Q_IN_REGS.
+template <class C>
+struct pat_decode {
+  typedef typename C::Elem E;
+  static constexpr int D = C::HEAD_DIM;
+  static constexpr int CHUNKS = D / 8;            // 16-byte chunks in one row
+  static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
+  static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
+  static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
+
+  static_assert(C::TILE_M == 16 * C::WARPS_M, "one warp per 16 rows");
+  static_assert(SLICE_N % 16 == 0, "a warp's token slice is a multiple of 16");
+  static_assert(CHUNKS >= 8, "the swizzle needs rows of at least 8 chunks");
+  static_assert(C::STAGES >= 2, "the pipeline needs two stages");
+
+  // Offset (in elements) of chunk c of row r in a [rows][D] tile. The XOR swizzle puts the
+  // 8 rows an ldmatrix reads in 8 different bank groups.
+  static __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
+
+  static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem)
+  {
+    const pat_pack pk = p.packs[blockIdx.x];
+    const int kvh = blockIdx.y;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int warp_m = warp % C::WARPS_M, warp_n = warp / C::WARPS_M;
+    const int rows = pk.num_queries * C::GQA;
+    const bool warp_active = warp_m * 16 < rows;  // warp-uniform: rows past the pack are padding
+
+    u16 *sQ = reinterpret_cast<u16 *>(smem);
+    u16 *ring = sQ + C::TILE_M * D;
+    const u16 *q = static_cast<const u16 *>(p.q);
+    const u16 *kc = static_cast<const u16 *>(p.k_cache);
+    const u16 *vc = static_cast<const u16 *>(p.v_cache);
+
+    // Stage: Q rows of the pack (row = query x GQA + head in group) into shared memory.
+    for (int i = tid; i < C::TILE_M * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const u16 *src = q;
+      int bytes = 0;
+      if (r < rows) {
+        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
+        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
+        bytes = 16;
+      }
+      cp_async16(smem_u32(sQ + swz(r, c)), src, bytes);
+    }
+
+    // K and V tile `step` into ring slot `slot`; tokens past kv_len are zero-filled.
+    const int kv_len = pk.kv_len;
+    const int *pages = p.pages + pk.page_begin;
+    auto load_kv = [&](int slot, int step) {
+      u16 *sK = ring + slot * 2 * KV_TILE;
+      u16 *sV = sK + KV_TILE;
+      for (int i = tid; i < C::TILE_N * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, c = i % CHUNKS;
+        const int t = step * C::TILE_N + r;
+        long long off = 0;
+        int bytes = 0;
+        if (t < kv_len) {
+          const long long page = pages[t / C::PAGE_SIZE];
+          off = ((page * C::PAGE_SIZE + t % C::PAGE_SIZE) * p.kv_heads + kvh) * D + c * 8;
+          bytes = 16;
+        }
+        cp_async16(smem_u32(sK + swz(r, c)), kc + off, bytes);
+        cp_async16(smem_u32(sV + swz(r, c)), vc + off, bytes);
+      }
+    };
+
+    // Stage: pipeline prologue, STAGES-1 tiles in flight (Q rides in the first group).
+    const int steps = (kv_len + C::TILE_N - 1) / C::TILE_N;
+#pragma unroll
+    for (int s = 0; s < C::STAGES - 1; s++) {
+      if (s < steps) load_kv(s, s);
+      cp_async_commit();
+    }
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    float row_max[2] = {neg_inf(), neg_inf()};  // rows lane/4 and lane/4 + 8, log2 domain
+    float row_sum[2] = {0.f, 0.f};          // this thread's share; summed over the quad at the end
+    u32 qf[Q_REG_STEPS][4];
+    const int q_row = warp_m * 16 + (lane & 15);
+
+    for (int it = 0; it < steps; it++) {
+      // Stage: wait for tile `it`; the barrier also frees the slot read in step it-1.
+      cp_async_wait<C::STAGES - 2>();
+      __syncthreads();
+      const int next = it + C::STAGES - 1;
+      if (next < steps) load_kv(next % C::STAGES, next);
+      cp_async_commit();
+
+      if constexpr (C::Q_IN_REGS) {
+        if (it == 0) {
+#pragma unroll
+          for (int kk = 0; kk < Q_REG_STEPS; kk++)
+            ldmatrix_x4(qf[kk], smem_u32(sQ + swz(q_row, 2 * kk + (lane >> 4))));
+        }
+      }
+      if (!warp_active) continue;
+
+      const u16 *sK = ring + (it % C::STAGES) * 2 * KV_TILE;
+      const u16 *sV = sK + KV_TILE;
+      const int n0 = warp_n * SLICE_N;
+
+      // Stage: S = Q K^T for this warp's 16 rows x SLICE_N tokens (fp32 accumulators).
+      float s[SLICE_N / 8][4];
+#pragma unroll
+      for (int j = 0; j < SLICE_N / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        u32 a[4];
+        if constexpr (C::Q_IN_REGS) {
+#pragma unroll
+          for (int x = 0; x < 4; x++) a[x] = qf[kk][x];
+        } else {
+          ldmatrix_x4(a, smem_u32(sQ + swz(q_row, 2 * kk + (lane >> 4))));
+        }
+#pragma unroll
+        for (int j = 0; j < SLICE_N / 8; j += 2) {
+          u32 b[4];
+          const int tok = n0 + j * 8 + (lane & 7) + ((lane >> 4) << 3);
+          ldmatrix_x4(b, smem_u32(sK + swz(tok, 2 * kk + ((lane >> 3) & 1))));
+          E::mma(s[j], a, b[0], b[1]);
+          E::mma(s[j + 1], a, b[2], b[3]);
+        }
+      }
+
+      // Stage: scale to the log2 domain, mask tokens past kv_len, online softmax.
+      const int tok_base = it * C::TILE_N + n0 + 2 * (lane & 3);
+      const bool tail = (it + 1) * C::TILE_N > kv_len;
+      float mx[2] = {row_max[0], row_max[1]};
+#pragma unroll
+      for (int j = 0; j < SLICE_N / 8; j++) {
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          float v = s[j][x] * p.scale_log2;
+          if (tail && tok_base + j * 8 + (x & 1) >= kv_len) v = neg_inf();
+          s[j][x] = v;
+          mx[x >> 1] = fmaxf(mx[x >> 1], v);
+        }
+      }
+      float scale[2];
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
+        const float base = mx[h] == neg_inf() ? 0.f : mx[h];
+        scale[h] = fast_exp2(row_max[h] - base);
+        row_max[h] = mx[h];
+        row_sum[h] *= scale[h];
+        mx[h] = base;
+      }
+#pragma unroll
+      for (int j = 0; j < SLICE_N / 8; j++) {
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          s[j][x] = fast_exp2(s[j][x] - mx[x >> 1]);
+          row_sum[x >> 1] += s[j][x];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < D / 8; j++) {
+        o[j][0] *= scale[0]; o[j][1] *= scale[0];
+        o[j][2] *= scale[1]; o[j][3] *= scale[1];
+      }
+
+      // Stage: O += P V; P's accumulator layout is already the A-operand layout.
+#pragma unroll
+      for (int kc2 = 0; kc2 < SLICE_N / 16; kc2++) {
+        u32 a[4];
+        a[0] = E::pack(s[2 * kc2][0], s[2 * kc2][1]);
+        a[1] = E::pack(s[2 * kc2][2], s[2 * kc2][3]);
+        a[2] = E::pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
+        a[3] = E::pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+        const int tok = n0 + kc2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
+#pragma unroll
+        for (int db = 0; db < D / 8; db += 2) {
+          u32 b[4];
+          ldmatrix_x4_trans(b, smem_u32(sV + swz(tok, db + (lane >> 4))));
+          E::mma(o[db], a, b[0], b[1]);
+          E::mma(o[db + 1], a, b[2], b[3]);
+        }
+      }
+    }
+
+    // Stage: epilogue. Drain the pipeline; the ring becomes per-warp fp32 partial results.
+    cp_async_wait<0>();
+    __syncthreads();
+    float *sO = reinterpret_cast<float *>(ring);          // [warps][16][D]
+    float *sM = sO + THREADS / 32 * 16 * D;               // [warps][16]
+    float *sL = sM + THREADS / 32 * 16;                   // [warps][16]
+    {
+      float *w = sO + warp * 16 * D;
+      const int g = lane >> 2, c = 2 * (lane & 3);
+#pragma unroll
+      for (int j = 0; j < D / 8; j++) {
+        *reinterpret_cast<float2 *>(w + g * D + j * 8 + c) = make_float2(o[j][0], o[j][1]);
+        *reinterpret_cast<float2 *>(w + (g + 8) * D + j * 8 + c) = make_float2(o[j][2], o[j][3]);
+      }
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+      }
+      if ((lane & 3) == 0) {
+        sM[warp * 16 + g] = row_max[0];
+        sM[warp * 16 + g + 8] = row_max[1];
+        sL[warp * 16 + g] = row_sum[0];
+        sL[warp * 16 + g + 8] = row_sum[1];
+      }
+    }
+    __syncthreads();
+
+    // Stage: combine the WARPS_N token slices of each row and write out 4 elements a thread.
+    for (int i = tid; i < rows * (D / 4); i += THREADS) {
+      const int r = i / (D / 4), c = (i % (D / 4)) * 4;
+      const int wm = r / 16, rr = r % 16;
+      float m = neg_inf();
+#pragma unroll
+      for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * 16 + rr]);
+      float l = 0.f;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int wn = 0; wn < C::WARPS_N; wn++) {
+        const int w = wm + wn * C::WARPS_M;
+        const float f = fast_exp2(sM[w * 16 + rr] - m);
+        const float4 v = *reinterpret_cast<const float4 *>(sO + (w * 16 + rr) * D + c);
+        l += sL[w * 16 + rr] * f;
+        acc.x += v.x * f; acc.y += v.y * f; acc.z += v.z * f; acc.w += v.w * f;
+      }
+      const float inv = 1.f / l;
+      const pat_pack_query pq = p.pack_queries[pk.query_begin + r / C::GQA];
+      const int head = kvh * C::GQA + r % C::GQA;
+      if (pq.slot < 0) {
+        store4<E>(static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D + c,
+                  acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+      } else {
+        const long long at = (long long)pq.slot * p.q_heads + head;
+        *reinterpret_cast<float4 *>(p.part_o + at * D + c) =
+            make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+        if (c == 0) p.part_lse[at] = m + fast_log2(l);
+      }
+    }
+  }
+
+  static constexpr int Q_REG_STEPS = C::Q_IN_REGS ? D / 16 : 1;
+};
