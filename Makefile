@@ -6,7 +6,7 @@ Q          = $(if $(filter 1,$(V)),,@)
 
 WARN      = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
             -Wformat=2 -Wundef -Wno-unused-parameter
-INCLUDES  = -Igen -Iruntime -Ibuild -I/usr/include/lua5.4 -I$(CUDA_HOME)/include
+INCLUDES  = -iquote gen -iquote runtime -iquote build -iquote tests -isystem /usr/include/lua5.4 -isystem $(CUDA_HOME)/include
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(INCLUDES) $(CFLAGS)
 SAN        = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -16,15 +16,17 @@ STATIC_LIBS = -l:liblua5.4.a -l:libyaml.a -l:libxxhash.a
 CUDA_LIBS   = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lnvrtc
 SYS_LIBS    = -lpthread -ldl -lm
 
-GEN_SRC  = $(filter-out gen/patgen.c gen/embed_tool.c,$(wildcard gen/*.c))
+CLI_SRC  = $(wildcard gen/patgen*.c)
+GEN_SRC  = $(filter-out $(CLI_SRC) gen/embed_tool.c,$(wildcard gen/*.c))
 RT_SRC   = $(wildcard runtime/*.c)
 LIB_SRC  = $(GEN_SRC) $(RT_SRC) build/embedded.c
 TEST_SRC = $(wildcard tests/*.c)
-EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh))
+EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh) $(wildcard templates/device/*.h))
 SPECS    = $(sort $(wildcard specs/*.yaml))
 
 OBJ      = $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
-SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) gen/patgen.c $(TEST_SRC))
+CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC))
+SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC))
 
 .PHONY: all generate check-generated test test-cpu test-gpu goldens deps clean help run
 all: bin/patgen build/libpat.a build/libpat.so
@@ -51,7 +53,7 @@ build/embed_tool: gen/embed_tool.c
 	@mkdir -p $(@D)
 	$(Q)$(CC) -std=c11 -O1 $(WARN) -o $@ $<
 
-build/embedded.c: build/embed_tool $(EMBEDDED)
+build/embedded.c: build/embed_tool $(EMBEDDED) Makefile
 	$(Q)build/embed_tool $(EMBEDDED) > $@.tmp && mv $@.tmp $@
 
 build/obj/%.o: %.c | build/embedded.c
@@ -70,12 +72,12 @@ build/libpat.a: $(OBJ)
 build/libpat.so: $(OBJ)
 	$(Q)$(CC) -shared -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 
-bin/patgen: build/obj/gen/patgen.o build/libpat.a
+bin/patgen: $(CLI_OBJ) build/libpat.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 
 build/tests: $(SAN_OBJ)
-	$(Q)$(CC) $(SAN) -o $@ $(filter-out build/san/gen/patgen.o,$^) \
+	$(Q)$(CC) $(SAN) -o $@ $^ \
 	  $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
 
 # The test binary also drives bin/patgen (CLI tests), so both are built first.

@@ -12,8 +12,7 @@ typedef struct pat_embedded_file {
 
 extern const pat_embedded_file pat_embedded_files[];  /* ends with a {0} entry */
 
-/* The embedded file at path, or NULL. With PAT_TEMPLATE_DIR set, the file is read from that
-** directory instead (for template development); *owned is then set to the malloc'd copy. */
+/* The embedded file at path ("templates/prelude.lua"), or NULL. Thread-safe (read-only). */
 const pat_embedded_file *pat_embedded_find(const char *path);
 
 #endif

@@ -20,6 +20,12 @@ struct pat_decode {
   static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
   static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
   static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
+  // Dynamic shared memory: the Q tile, then the K/V ring, which the epilogue reuses for
+  // per-warp fp32 outputs and row statistics. gen/tile.c computes the same number.
+  static constexpr int RING_BYTES = C::STAGES * 2 * KV_TILE * 2;
+  static constexpr int EPILOGUE_BYTES = THREADS / 32 * 16 * (D + 2) * 4;
+  static constexpr int SMEM_BYTES = C::TILE_M * D * 2 +
+      (RING_BYTES > EPILOGUE_BYTES ? RING_BYTES : EPILOGUE_BYTES);
 
   static_assert(C::TILE_M == 16 * C::WARPS_M, "one warp per 16 rows");
   static_assert(SLICE_N % 16 == 0, "a warp's token slice is a multiple of 16");

@@ -1,0 +1,705 @@
+/* spec.c: YAML spec -> validated struct pat_spec, through libyaml's document API.
+** Every error reads "FILE:LINE:COLUMN: error: MESSAGE"; the caller's struct is written only on
+** success. No global state: safe to call from several threads at once. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "spec.h"
+#include "tile.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#define SPEC_FILE_MAX (1 << 20)   /* larger files are refused by pat_spec_load */
+#define QUOTE_MAX     48          /* characters of a scalar quoted in a message */
+
+#if defined(__GNUC__)
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#define PRINTF_LIKE(f, a)
+#endif
+
+typedef struct parse_ctx {
+  const char *file;         /* name used in messages */
+  const unsigned char *text; /* the input, for marks of reader errors */
+  size_t len;
+  yaml_document_t *doc;
+  char *err;                /* caller's message buffer, may be NULL */
+  size_t errlen;
+} parse_ctx;
+
+static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
+                                       "gqa", "tiles", "split", "archs"};
+static const char *const tile_keys[] = {"m", "n", "warps", "stages"};
+static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm"};
+#define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+static const int valid_archs[] = {80, 86, 89, 90};
+
+const char *pat_dtype_name(pat_dtype dtype)
+{
+  return dtype == PAT_BF16 ? "bf16" : "fp16";
+}
+
+/* Copies a NUL-terminated string into a fixed buffer, truncating. */
+static void copy_str(char *dst, size_t n, const char *src)
+{
+  size_t i = 0;
+  for (; src[i] && i + 1 < n; i++)
+    dst[i] = src[i];
+  dst[i] = '\0';
+}
+
+void pat_spec_defaults(pat_spec *spec)
+{
+  memset(spec, 0, sizeof *spec);
+  copy_str(spec->name, sizeof spec->name, "default");
+  copy_str(spec->path, sizeof spec->path, "<string>");
+  spec->dtype = PAT_FP16;
+  spec->head_dim = 128;
+  spec->page_size = 32;
+  spec->num_gqa = 4;
+  spec->gqa[0] = 1;
+  spec->gqa[1] = 2;
+  spec->gqa[2] = 4;
+  spec->gqa[3] = 8;
+  spec->num_tiles = 2;
+  spec->tiles[0] = (pat_tile){.m = 16, .n = 64, .warps = 4, .stages = 3};
+  spec->tiles[1] = (pat_tile){.m = 64, .n = 64, .warps = 4, .stages = 2};
+  spec->split.min_kv_per_split = 256;
+  spec->split.max_splits = 64;
+  spec->split.ctas_per_sm = 2;
+  spec->num_archs = 2;
+  spec->archs[0] = 80;
+  spec->archs[1] = 90;
+}
+
+/* Writes "FILE:LINE:COLUMN: error: MESSAGE" (1-based position) into the caller's buffer.
+** Always returns -1 so that callers can `return fail_at(...)`. */
+static int fail_at(const parse_ctx *c, size_t line, size_t column, const char *fmt, ...)
+    PRINTF_LIKE(4, 5);
+static int fail_at(const parse_ctx *c, size_t line, size_t column, const char *fmt, ...)
+{
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  if (c->err && c->errlen)
+    snprintf(c->err, c->errlen, "%s:%zu:%zu: error: %s", c->file, line, column, msg);
+  return -1;
+}
+
+/* As fail_at, at a libyaml mark (0-based). */
+#define fail_mark(c, mk, ...) fail_at((c), (mk).line + 1, (mk).column + 1, __VA_ARGS__)
+/* As fail_at, at the start of a node. */
+#define fail_node(c, node, ...) fail_mark((c), (node)->start_mark, __VA_ARGS__)
+
+/* Quotes a scalar for a message: 'text', control bytes as \xNN, long values cut with "...". */
+static void quote(const yaml_node_t *n, char *buf, size_t size)
+{
+  const unsigned char *s = n->data.scalar.value;
+  size_t len = n->data.scalar.length, o = 0;
+  buf[o++] = '\'';
+  for (size_t i = 0; i < len; i++) {
+    if (o + 8 >= size || i >= QUOTE_MAX) {
+      /* do not cut a UTF-8 sequence in the middle */
+      while (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0x80)
+        o--;
+      if (o > 1 && ((unsigned char)buf[o - 1] & 0xC0) == 0xC0)
+        o--;
+      memcpy(buf + o, "...", 3);
+      o += 3;
+      break;
+    }
+    unsigned char ch = s[i];
+    if (ch < 0x20 || ch == 0x7f || ch == '\\') {
+      o += (size_t)snprintf(buf + o, size - o, "\\x%02X", ch);
+    } else {
+      buf[o++] = (char)ch;
+    }
+  }
+  buf[o++] = '\'';
+  buf[o] = '\0';
+}
+
+/* A plain scalar that YAML reads as null: empty, "~" or "null". */
+static int is_null(const yaml_node_t *n)
+{
+  if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+    return 0;
+  const char *v = (const char *)n->data.scalar.value;
+  return !strcmp(v, "") || !strcmp(v, "~") || !strcmp(v, "null") || !strcmp(v, "Null") ||
+         !strcmp(v, "NULL");
+}
+
+/* Describes what a node is, for "expected X, got Y" messages. */
+static void describe(const yaml_node_t *n, char *buf, size_t size)
+{
+  if (n->type == YAML_SEQUENCE_NODE) {
+    copy_str(buf, size, "a sequence");
+  } else if (n->type == YAML_MAPPING_NODE) {
+    copy_str(buf, size, "a mapping");
+  } else if (is_null(n)) {
+    copy_str(buf, size, "an empty value");
+  } else if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
+    char q[QUOTE_MAX * 4 + 16];
+    quote(n, q, sizeof q);
+    snprintf(buf, size, "the quoted string %s", q);
+  } else {
+    quote(n, buf, size);
+  }
+}
+
+/* "WHAT: expected EXPECTED, got <description of n>" at n. */
+static int fail_type(const parse_ctx *c, const yaml_node_t *n, const char *what,
+                     const char *expected)
+{
+  char got[QUOTE_MAX * 4 + 40];
+  describe(n, got, sizeof got);
+  return fail_node(c, n, "%s: expected %s, got %s", what, expected, got);
+}
+
+static int scalar_is(const yaml_node_t *n, const char *s)
+{
+  size_t len = strlen(s);
+  return n->type == YAML_SCALAR_NODE && n->data.scalar.length == len &&
+         !memcmp(n->data.scalar.value, s, len);
+}
+
+/* Reads a decimal integer (optional '-', digits, no leading zeros) that fits an int. */
+static int get_int(const parse_ctx *c, const yaml_node_t *n, const char *what, int *out)
+{
+  if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE || is_null(n))
+    return fail_type(c, n, what, "an integer");
+  const unsigned char *s = n->data.scalar.value;
+  size_t len = n->data.scalar.length, i = 0;
+  int neg = 0;
+  if (i < len && s[i] == '-') {
+    neg = 1;
+    i++;
+  }
+  if (i == len)
+    return fail_type(c, n, what, "a decimal integer");
+  for (size_t j = i; j < len; j++)
+    if (s[j] < '0' || s[j] > '9')
+      return fail_type(c, n, what, "a decimal integer");
+  if (s[i] == '0' && len - i > 1) {
+    char q[QUOTE_MAX * 4 + 16];
+    quote(n, q, sizeof q);
+    return fail_node(c, n, "%s: expected a decimal integer without leading zeros, got %s", what, q);
+  }
+  long long v = 0;
+  for (; i < len; i++) {
+    v = v * 10 + (s[i] - '0');
+    if (v > (long long)INT_MAX + 1)
+      break;
+  }
+  if (neg)
+    v = -v;
+  if (v > INT_MAX || v < INT_MIN) {
+    char q[QUOTE_MAX * 4 + 16];
+    quote(n, q, sizeof q);
+    return fail_node(c, n, "%s: integer out of range, got %s", what, q);
+  }
+  *out = (int)v;
+  return 0;
+}
+
+/* get_int, then a lo..hi range check. */
+static int get_int_range(const parse_ctx *c, const yaml_node_t *n, const char *what, int lo, int hi,
+                         int *out)
+{
+  int v;
+  if (get_int(c, n, what, &v))
+    return -1;
+  if (v < lo || v > hi)
+    return fail_node(c, n, "%s: must be %d..%d, got %d", what, lo, hi, v);
+  *out = v;
+  return 0;
+}
+
+/* get_int, then a check against a short list of allowed values ("64, 128 or 256"). */
+static int get_int_choice(const parse_ctx *c, const yaml_node_t *n, const char *what,
+                          const int *allowed, int nallowed, int *out)
+{
+  int v;
+  if (get_int(c, n, what, &v))
+    return -1;
+  for (int i = 0; i < nallowed; i++) {
+    if (allowed[i] == v) {
+      *out = v;
+      return 0;
+    }
+  }
+  char list[128];
+  size_t o = 0;
+  for (int i = 0; i < nallowed && o < sizeof list; i++)
+    o += (size_t)snprintf(list + o, sizeof list - o, "%s%d",
+                          i == 0 ? "" : i == nallowed - 1 ? " or " : ", ", allowed[i]);
+  return fail_node(c, n, "%s: expected %s, got %d", what, list, v);
+}
+
+static yaml_node_t *node_at(const parse_ctx *c, int index)
+{
+  return yaml_document_get_node(c->doc, index);
+}
+
+static pat_mark mark_of(const yaml_node_t *n)
+{
+  return (pat_mark){(int)n->start_mark.line + 1, (int)n->start_mark.column + 1};
+}
+
+/*
+** Checks the key of pair `i` of mapping `map`: a scalar, not given earlier in the mapping, one
+** of `keys`. Sets *which to its index in `keys`. `where` prefixes messages ("" at top level,
+** "tiles[0]: ", "split: ").
+*/
+static int map_key(const parse_ctx *c, const yaml_node_t *map, int i, const char *where,
+                   const char *const *keys, int nkeys, int *which)
+{
+  yaml_node_pair_t *pairs = map->data.mapping.pairs.start;
+  const yaml_node_t *k = node_at(c, pairs[i].key);
+  if (k->type != YAML_SCALAR_NODE) {
+    char got[64];
+    describe(k, got, sizeof got);
+    return fail_node(c, k, "%sexpected a key name, got %s", where, got);
+  }
+  char q[QUOTE_MAX * 4 + 16];
+  quote(k, q, sizeof q);
+  for (int j = 0; j < i; j++) {
+    const yaml_node_t *prev = node_at(c, pairs[j].key);
+    if (prev->type == YAML_SCALAR_NODE && prev->data.scalar.length == k->data.scalar.length &&
+        !memcmp(prev->data.scalar.value, k->data.scalar.value, k->data.scalar.length))
+      return fail_node(c, k, "%sduplicate key %s (first given at line %zu, column %zu)", where, q,
+                       prev->start_mark.line + 1, prev->start_mark.column + 1);
+  }
+  for (int j = 0; j < nkeys; j++) {
+    if (scalar_is(k, keys[j])) {
+      *which = j;
+      return 0;
+    }
+  }
+  char list[256];
+  size_t o = 0;
+  for (int j = 0; j < nkeys && o < sizeof list; j++)
+    o += (size_t)snprintf(list + o, sizeof list - o, "%s%s", j ? ", " : "", keys[j]);
+  return fail_node(c, k, "%sunknown key %s (valid keys: %s)", where, q, list);
+}
+
+static int mapping_size(const yaml_node_t *map)
+{
+  return (int)(map->data.mapping.pairs.top - map->data.mapping.pairs.start);
+}
+
+static int sequence_size(const yaml_node_t *seq)
+{
+  return (int)(seq->data.sequence.items.top - seq->data.sequence.items.start);
+}
+
+static int parse_name(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (n->type != YAML_SCALAR_NODE || is_null(n))
+    return fail_type(c, n, "name", "a name matching [a-z0-9_]+");
+  const unsigned char *v = n->data.scalar.value;
+  size_t len = n->data.scalar.length;
+  int ok = len >= 1 && len < PAT_NAME_MAX;
+  for (size_t i = 0; ok && i < len; i++)
+    ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9') || v[i] == '_';
+  if (!ok) {
+    char q[QUOTE_MAX * 4 + 16];
+    quote(n, q, sizeof q);
+    return fail_node(c, n, "name: expected [a-z0-9_]+ of at most %d characters, got %s",
+                     PAT_NAME_MAX - 1, q);
+  }
+  memcpy(s->name, v, len);
+  s->name[len] = '\0';
+  return 0;
+}
+
+static int parse_dtype(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (scalar_is(n, "fp16"))
+    s->dtype = PAT_FP16;
+  else if (scalar_is(n, "bf16"))
+    s->dtype = PAT_BF16;
+  else
+    return fail_type(c, n, "dtype", "fp16 or bf16");
+  return 0;
+}
+
+/* gqa: one integer, or a sequence of strictly increasing integers in 1..16. */
+static int parse_gqa(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (n->type == YAML_SCALAR_NODE && !is_null(n)) {
+    if (get_int_range(c, n, "gqa", 1, 16, &s->gqa[0]))
+      return -1;
+    s->num_gqa = 1;
+    return 0;
+  }
+  if (n->type != YAML_SEQUENCE_NODE)
+    return fail_type(c, n, "gqa", "an integer or a sequence of integers");
+  int count = sequence_size(n);
+  if (count == 0)
+    return fail_node(c, n, "gqa: must list at least one ratio");
+  s->num_gqa = 0;
+  for (int i = 0; i < count; i++) {
+    const yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+    char what[32];
+    snprintf(what, sizeof what, "gqa[%d]", i);
+    if (i >= PAT_MAX_GQA)
+      return fail_node(c, item, "gqa: at most %d ratios", PAT_MAX_GQA);
+    int v;
+    if (get_int_range(c, item, what, 1, 16, &v))
+      return -1;
+    for (int j = 0; j < i; j++)
+      if (s->gqa[j] == v)
+        return fail_node(c, item, "%s: duplicate ratio %d (also gqa[%d])", what, v, j);
+    if (i > 0 && v < s->gqa[i - 1])
+      return fail_node(c, item, "%s: ratios must be strictly increasing, got %d after %d", what, v,
+                       s->gqa[i - 1]);
+    s->gqa[s->num_gqa++] = v;
+  }
+  return 0;
+}
+
+/* One tile mapping; warps defaults to m/16 and stages to 2. */
+static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_tile *t)
+{
+  char where[32];
+  snprintf(where, sizeof where, "tiles[%d]: ", index);
+  if (n->type != YAML_MAPPING_NODE) {
+    char got[QUOTE_MAX * 4 + 40];
+    describe(n, got, sizeof got);
+    return fail_node(c, n, "tiles[%d]: expected a mapping with keys m, n, warps, stages, got %s",
+                     index, got);
+  }
+  int have[4] = {0, 0, 0, 0};
+  int *fields[4] = {&t->m, &t->n, &t->warps, &t->stages};
+  for (int i = 0; i < mapping_size(n); i++) {
+    int which;
+    if (map_key(c, n, i, where, tile_keys, NKEYS(tile_keys), &which))
+      return -1;
+    char what[48];
+    snprintf(what, sizeof what, "tiles[%d]: %s", index, tile_keys[which]);
+    if (get_int(c, node_at(c, n->data.mapping.pairs.start[i].value), what, fields[which]))
+      return -1;
+    have[which] = 1;
+  }
+  for (int i = 0; i < 2; i++)
+    if (!have[i])
+      return fail_node(c, n, "tiles[%d]: missing required key '%s'", index, tile_keys[i]);
+  if (!have[2])
+    t->warps = t->m / 16;
+  if (!have[3])
+    t->stages = 2;
+  t->mark = mark_of(n);
+  return 0;
+}
+
+static int parse_tiles(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (n->type != YAML_SEQUENCE_NODE)
+    return fail_type(c, n, "tiles", "a sequence of tile mappings");
+  int count = sequence_size(n);
+  if (count == 0)
+    return fail_node(c, n, "tiles: must list at least one tile");
+  for (int i = 0; i < count; i++) {
+    const yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+    if (i >= PAT_MAX_TILES)
+      return fail_node(c, item, "tiles[%d]: too many tiles (at most %d)", i, PAT_MAX_TILES);
+    if (parse_tile(c, item, i, &s->tiles[i]))
+      return -1;
+  }
+  s->num_tiles = count;
+  return 0;
+}
+
+static int parse_split(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (n->type != YAML_MAPPING_NODE)
+    return fail_type(c, n, "split", "a mapping");
+  static const int lo[] = {16, 1, 1}, hi[] = {1048576, 1024, 64};
+  int *fields[3] = {&s->split.min_kv_per_split, &s->split.max_splits, &s->split.ctas_per_sm};
+  for (int i = 0; i < mapping_size(n); i++) {
+    int which;
+    if (map_key(c, n, i, "split: ", split_keys, NKEYS(split_keys), &which))
+      return -1;
+    char what[48];
+    snprintf(what, sizeof what, "split: %s", split_keys[which]);
+    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, lo[which],
+                      hi[which], fields[which]))
+      return -1;
+  }
+  return 0;
+}
+
+/* One arch name, "sm_80" etc., to 80. */
+static int parse_arch(const parse_ctx *c, const yaml_node_t *n, const char *what, int *out)
+{
+  for (int i = 0; i < NKEYS(valid_archs); i++) {
+    char name[16];
+    snprintf(name, sizeof name, "sm_%d", valid_archs[i]);
+    if (scalar_is(n, name)) {
+      *out = valid_archs[i];
+      return 0;
+    }
+  }
+  return fail_type(c, n, what, "sm_80, sm_86, sm_89 or sm_90");
+}
+
+/* archs: a sequence of distinct arch names (a single name is accepted too). */
+static int parse_archs(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
+{
+  if (n->type == YAML_SCALAR_NODE && !is_null(n)) {
+    if (parse_arch(c, n, "archs", &s->archs[0]))
+      return -1;
+    s->num_archs = 1;
+    return 0;
+  }
+  if (n->type != YAML_SEQUENCE_NODE)
+    return fail_type(c, n, "archs", "a sequence of archs");
+  int count = sequence_size(n);
+  if (count == 0)
+    return fail_node(c, n, "archs: must list at least one arch");
+  s->num_archs = 0;
+  for (int i = 0; i < count; i++) {
+    const yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
+    char what[32];
+    snprintf(what, sizeof what, "archs[%d]", i);
+    int v;
+    if (parse_arch(c, item, what, &v))
+      return -1;
+    for (int j = 0; j < i; j++)
+      if (s->archs[j] == v)
+        return fail_node(c, item, "%s: duplicate arch sm_%d (also archs[%d])", what, v, j);
+    if (i >= PAT_MAX_ARCHS)
+      return fail_node(c, item, "archs: at most %d archs", PAT_MAX_ARCHS);
+    s->archs[s->num_archs++] = v;
+  }
+  return 0;
+}
+
+/* Checks every tile against the finished spec, in order; a default tile is reported at `root`. */
+static int check_tiles(const parse_ctx *c, const pat_spec *s, const yaml_node_t *root)
+{
+  for (int i = 0; i < s->num_tiles; i++) {
+    const pat_tile *t = &s->tiles[i];
+    char msg[400];
+    size_t line = (size_t)t->mark.line, column = (size_t)t->mark.column;
+    const char *note = "";
+    if (line == 0) {
+      line = root->start_mark.line + 1;
+      column = root->start_mark.column + 1;
+      note = " (a default tile: give a 'tiles' list for this spec)";
+    }
+    if (pat_tile_check(s, t, msg, sizeof msg))
+      return fail_at(c, line, column, "tiles[%d]: %s%s", i, msg, note);
+    for (int j = 0; j < i; j++) {
+      const pat_tile *u = &s->tiles[j];
+      if (u->m == t->m && u->n == t->n && u->warps == t->warps && u->stages == t->stages)
+        return fail_at(c, line, column, "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d)",
+                       i, j, t->m, t->n, t->warps, t->stages);
+    }
+  }
+  return 0;
+}
+
+/* Reads the root mapping of a loaded document into *s (which holds the defaults). */
+static int parse_root(const parse_ctx *c, pat_spec *s)
+{
+  const yaml_node_t *root = yaml_document_get_root_node(c->doc);
+  if (!root)
+    return fail_at(c, 1, 1, "expected a mapping at the top level, got an empty document");
+  if (root->type != YAML_MAPPING_NODE)
+    return fail_type(c, root, "top level", "a mapping");
+  int have_name = 0;
+  for (int i = 0; i < mapping_size(root); i++) {
+    int which;
+    if (map_key(c, root, i, "", top_keys, NKEYS(top_keys), &which))
+      return -1;
+    const yaml_node_t *v = node_at(c, root->data.mapping.pairs.start[i].value);
+    pat_mark m = mark_of(v);
+    int rc = 0;
+    switch (which) {
+    case 0:
+      rc = parse_name(c, v, s);
+      s->name_mark = m;
+      have_name = 1;
+      break;
+    case 1:
+      rc = parse_dtype(c, v, s);
+      s->dtype_mark = m;
+      break;
+    case 2: {
+      static const int allowed[] = {64, 128, 256};
+      rc = get_int_choice(c, v, "head_dim", allowed, NKEYS(allowed), &s->head_dim);
+      s->head_dim_mark = m;
+      break;
+    }
+    case 3: {
+      static const int allowed[] = {8, 16, 32, 64, 128};
+      rc = get_int_choice(c, v, "page_size", allowed, NKEYS(allowed), &s->page_size);
+      s->page_size_mark = m;
+      break;
+    }
+    case 4:
+      rc = parse_gqa(c, v, s);
+      s->gqa_mark = m;
+      break;
+    case 5:
+      rc = parse_tiles(c, v, s);
+      s->tiles_mark = m;
+      break;
+    case 6:
+      rc = parse_split(c, v, s);
+      s->split_mark = m;
+      break;
+    default:
+      rc = parse_archs(c, v, s);
+      s->archs_mark = m;
+      break;
+    }
+    if (rc)
+      return -1;
+  }
+  if (!have_name)
+    return fail_node(c, root, "missing required key 'name'");
+  return check_tiles(c, s, root);
+}
+
+/* Reports a libyaml error (reader, scanner, parser or composer) with libyaml's own text. */
+static int fail_yaml(const parse_ctx *c, const yaml_parser_t *p)
+{
+  const char *problem = p->problem ? p->problem : "cannot parse the YAML document";
+  if (p->error == YAML_MEMORY_ERROR)
+    return fail_at(c, 1, 1, "out of memory while parsing");
+  if (p->error == YAML_READER_ERROR) {
+    /* reader errors carry a byte offset, not a mark */
+    size_t line = 1, column = 1;
+    for (size_t i = 0; i < p->problem_offset && i < c->len; i++) {
+      if (c->text[i] == '\n') {
+        line++;
+        column = 1;
+      } else if ((c->text[i] & 0xC0) != 0x80) {
+        column++;
+      }
+    }
+    if (p->problem_value >= 0)
+      return fail_at(c, line, column, "%s (byte 0x%02X)", problem, (unsigned)p->problem_value);
+    return fail_at(c, line, column, "%s", problem);
+  }
+  if (p->context)
+    return fail_mark(c, p->problem_mark, "%s (%s at line %zu, column %zu)", problem, p->context,
+                     p->context_mark.line + 1, p->context_mark.column + 1);
+  return fail_mark(c, p->problem_mark, "%s", problem);
+}
+
+int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec *spec,
+                   char *err, size_t errlen)
+{
+  if (err && errlen)
+    err[0] = '\0';
+  parse_ctx c = {.file = filename ? filename : "<string>", .text = (const unsigned char *)text,
+                 .len = text ? len : 0, .err = err, .errlen = errlen};
+  if (!spec)
+    return fail_at(&c, 1, 1, "no output spec given");
+
+  yaml_parser_t parser;
+  yaml_document_t doc, extra;
+  if (!yaml_parser_initialize(&parser))
+    return fail_at(&c, 1, 1, "out of memory while parsing");
+  yaml_parser_set_input_string(&parser, c.len ? c.text : (const unsigned char *)"", c.len);
+  if (!yaml_parser_load(&parser, &doc)) {
+    fail_yaml(&c, &parser);
+    yaml_parser_delete(&parser);
+    return -1;
+  }
+  c.doc = &doc;
+
+  pat_spec tmp;
+  pat_spec_defaults(&tmp);
+  copy_str(tmp.path, sizeof tmp.path, c.file);
+  int rc = parse_root(&c, &tmp);
+
+  /* The rest of the stream must be empty: no second document, no syntax error after the first. */
+  if (rc == 0) {
+    if (!yaml_parser_load(&parser, &extra)) {
+      rc = fail_yaml(&c, &parser);
+    } else {
+      const yaml_node_t *r = yaml_document_get_root_node(&extra);
+      if (r)
+        rc = fail_node(&c, r, "expected a single YAML document, found a second one");
+      yaml_document_delete(&extra);
+    }
+  }
+  yaml_document_delete(&doc);
+  yaml_parser_delete(&parser);
+  if (rc == 0)
+    *spec = tmp;
+  return rc;
+}
+
+int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
+{
+  if (err && errlen)
+    err[0] = '\0';
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    char buf[128];
+    const char *why = strerror_r(errno, buf, sizeof buf);
+    if (err && errlen)
+      snprintf(err, errlen, "%s: error: cannot open: %s", path, why);
+    return -1;
+  }
+  size_t cap = 4096, len = 0;
+  char *text = malloc(cap);
+  int rc = -1;
+  if (!text) {
+    if (err && errlen)
+      snprintf(err, errlen, "%s: error: out of memory", path);
+    goto done;
+  }
+  for (;;) {
+    if (len == cap) {
+      if (cap > SPEC_FILE_MAX) {
+        if (err && errlen)
+          snprintf(err, errlen, "%s: error: file is larger than %d bytes", path, SPEC_FILE_MAX);
+        goto done;
+      }
+      char *grown = realloc(text, cap * 2);
+      if (!grown) {
+        if (err && errlen)
+          snprintf(err, errlen, "%s: error: out of memory", path);
+        goto done;
+      }
+      text = grown;
+      cap *= 2;
+    }
+    size_t got = fread(text + len, 1, cap - len, f);
+    len += got;
+    if (got == 0) {
+      if (ferror(f)) {
+        if (err && errlen)
+          snprintf(err, errlen, "%s: error: cannot read", path);
+        goto done;
+      }
+      break;
+    }
+  }
+  if (len > SPEC_FILE_MAX) {
+    if (err && errlen)
+      snprintf(err, errlen, "%s: error: file is larger than %d bytes", path, SPEC_FILE_MAX);
+    goto done;
+  }
+  rc = pat_spec_parse(text, len, path, spec, err, errlen);
+done:
+  free(text);
+  fclose(f);
+  return rc;
+}
