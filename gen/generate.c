@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#define XXH_INLINE_ALL /* header-only: nothing to link */
 #include <xxhash.h>
 
 #include "embedded.h"

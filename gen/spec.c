@@ -17,6 +17,8 @@
 
 #define SPEC_FILE_MAX (1 << 20)   /* larger files are refused by pat_spec_load */
 #define QUOTE_MAX     48          /* characters of a scalar quoted in a message */
+#define QUOTED_SIZE   (QUOTE_MAX * 4 + 16)  /* buffer for quote(): every byte may take 4 */
+#define DESC_SIZE     (QUOTED_SIZE + 32)    /* buffer for describe() */
 
 #if defined(__GNUC__)
 #define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
@@ -148,7 +150,7 @@ static void describe(const yaml_node_t *n, char *buf, size_t size)
   } else if (is_null(n)) {
     copy_str(buf, size, "an empty value");
   } else if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE) {
-    char q[QUOTE_MAX * 4 + 16];
+    char q[QUOTED_SIZE];
     quote(n, q, sizeof q);
     snprintf(buf, size, "the quoted string %s", q);
   } else {
@@ -160,7 +162,7 @@ static void describe(const yaml_node_t *n, char *buf, size_t size)
 static int fail_type(const parse_ctx *c, const yaml_node_t *n, const char *what,
                      const char *expected)
 {
-  char got[QUOTE_MAX * 4 + 40];
+  char got[DESC_SIZE];
   describe(n, got, sizeof got);
   return fail_node(c, n, "%s: expected %s, got %s", what, expected, got);
 }
@@ -190,7 +192,7 @@ static int get_int(const parse_ctx *c, const yaml_node_t *n, const char *what, i
     if (s[j] < '0' || s[j] > '9')
       return fail_type(c, n, what, "a decimal integer");
   if (s[i] == '0' && len - i > 1) {
-    char q[QUOTE_MAX * 4 + 16];
+    char q[QUOTED_SIZE];
     quote(n, q, sizeof q);
     return fail_node(c, n, "%s: expected a decimal integer without leading zeros, got %s", what, q);
   }
@@ -203,7 +205,7 @@ static int get_int(const parse_ctx *c, const yaml_node_t *n, const char *what, i
   if (neg)
     v = -v;
   if (v > INT_MAX || v < INT_MIN) {
-    char q[QUOTE_MAX * 4 + 16];
+    char q[QUOTED_SIZE];
     quote(n, q, sizeof q);
     return fail_node(c, n, "%s: integer out of range, got %s", what, q);
   }
@@ -266,11 +268,11 @@ static int map_key(const parse_ctx *c, const yaml_node_t *map, int i, const char
   yaml_node_pair_t *pairs = map->data.mapping.pairs.start;
   const yaml_node_t *k = node_at(c, pairs[i].key);
   if (k->type != YAML_SCALAR_NODE) {
-    char got[64];
+    char got[DESC_SIZE];
     describe(k, got, sizeof got);
     return fail_node(c, k, "%sexpected a key name, got %s", where, got);
   }
-  char q[QUOTE_MAX * 4 + 16];
+  char q[QUOTED_SIZE];
   quote(k, q, sizeof q);
   for (int j = 0; j < i; j++) {
     const yaml_node_t *prev = node_at(c, pairs[j].key);
@@ -312,7 +314,7 @@ static int parse_name(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
   for (size_t i = 0; ok && i < len; i++)
     ok = (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9') || v[i] == '_';
   if (!ok) {
-    char q[QUOTE_MAX * 4 + 16];
+    char q[QUOTED_SIZE];
     quote(n, q, sizeof q);
     return fail_node(c, n, "name: expected [a-z0-9_]+ of at most %d characters, got %s",
                      PAT_NAME_MAX - 1, q);
@@ -354,7 +356,7 @@ static int parse_gqa(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
     snprintf(what, sizeof what, "gqa[%d]", i);
     if (i >= PAT_MAX_GQA)
       return fail_node(c, item, "gqa: at most %d ratios", PAT_MAX_GQA);
-    int v;
+    int v = 0;
     if (get_int_range(c, item, what, 1, 16, &v))
       return -1;
     for (int j = 0; j < i; j++)
@@ -374,7 +376,7 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
   char where[32];
   snprintf(where, sizeof where, "tiles[%d]: ", index);
   if (n->type != YAML_MAPPING_NODE) {
-    char got[QUOTE_MAX * 4 + 40];
+    char got[DESC_SIZE];
     describe(n, got, sizeof got);
     return fail_node(c, n, "tiles[%d]: expected a mapping with keys m, n, warps, stages, got %s",
                      index, got);
@@ -382,7 +384,7 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
   int have[4] = {0, 0, 0, 0};
   int *fields[4] = {&t->m, &t->n, &t->warps, &t->stages};
   for (int i = 0; i < mapping_size(n); i++) {
-    int which;
+    int which = 0;
     if (map_key(c, n, i, where, tile_keys, NKEYS(tile_keys), &which))
       return -1;
     char what[48];
@@ -427,7 +429,7 @@ static int parse_split(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
   static const int lo[] = {16, 1, 1}, hi[] = {1048576, 1024, 64};
   int *fields[3] = {&s->split.min_kv_per_split, &s->split.max_splits, &s->split.ctas_per_sm};
   for (int i = 0; i < mapping_size(n); i++) {
-    int which;
+    int which = 0;
     if (map_key(c, n, i, "split: ", split_keys, NKEYS(split_keys), &which))
       return -1;
     char what[48];
@@ -472,7 +474,7 @@ static int parse_archs(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
     const yaml_node_t *item = node_at(c, n->data.sequence.items.start[i]);
     char what[32];
     snprintf(what, sizeof what, "archs[%d]", i);
-    int v;
+    int v = 0;
     if (parse_arch(c, item, what, &v))
       return -1;
     for (int j = 0; j < i; j++)
@@ -492,19 +494,21 @@ static int check_tiles(const parse_ctx *c, const pat_spec *s, const yaml_node_t 
     const pat_tile *t = &s->tiles[i];
     char msg[400];
     size_t line = (size_t)t->mark.line, column = (size_t)t->mark.column;
-    const char *note = "";
+    const char *tag = "", *note = "";
     if (line == 0) {
       line = root->start_mark.line + 1;
       column = root->start_mark.column + 1;
-      note = " (a default tile: give a 'tiles' list for this spec)";
+      tag = " (default)";
+      note = "; give this spec a 'tiles' list";
     }
     if (pat_tile_check(s, t, msg, sizeof msg))
-      return fail_at(c, line, column, "tiles[%d]: %s%s", i, msg, note);
+      return fail_at(c, line, column, "tiles[%d]%s: %s%s", i, tag, msg, note);
     for (int j = 0; j < i; j++) {
       const pat_tile *u = &s->tiles[j];
       if (u->m == t->m && u->n == t->n && u->warps == t->warps && u->stages == t->stages)
-        return fail_at(c, line, column, "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d)",
-                       i, j, t->m, t->n, t->warps, t->stages);
+        return fail_at(c, line, column,
+                       "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d)", i, j,
+                       t->m, t->n, t->warps, t->stages);
     }
   }
   return 0;
@@ -520,7 +524,7 @@ static int parse_root(const parse_ctx *c, pat_spec *s)
     return fail_type(c, root, "top level", "a mapping");
   int have_name = 0;
   for (int i = 0; i < mapping_size(root); i++) {
-    int which;
+    int which = 0;
     if (map_key(c, root, i, "", top_keys, NKEYS(top_keys), &which))
       return -1;
     const yaml_node_t *v = node_at(c, root->data.mapping.pairs.start[i].value);

@@ -12,7 +12,7 @@ local function fill(text, env, level)
 end
 
 function M.sub_text(text, env)
-  return fill(text, env, 4)
+  return fill(text, env, 5)
 end
 
 local Buffer = {}
@@ -21,7 +21,7 @@ Buffer.__index = Buffer
 -- Appends `text` with every ${key} replaced by tostring(env[key]); a missing key is an error
 -- reported at the template line that called sub().
 function Buffer:sub(text, env)
-  self[#self + 1] = fill(text, env, 4)
+  self[#self + 1] = fill(text, env, 5)
 end
 
 function Buffer:line(text)

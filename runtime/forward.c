@@ -1,0 +1,116 @@
+/* forward.c: pat_forward: one launch per tile group, spread over the context's streams
+** (forked from and joined back to the caller's stream), then the merge. */
+#include <stdio.h>
+
+#include "internal.h"
+
+/* Makes sure the context's own workspace holds n bytes (synchronises when it grows). */
+static pat_status own_workspace(pat_context *ctx, size_t n, CUdeviceptr *ws)
+{
+  const pat_cuda *cu = ctx->cu;
+  if (ctx->own_ws_bytes < n) {
+    if (ctx->own_ws) {
+      if (PAT_CU(cu, cu->cuCtxSynchronize(), ctx->err, sizeof ctx->err)) return PAT_ERR_CUDA;
+      cu->cuMemFree(ctx->own_ws);
+      ctx->own_ws = 0;
+      ctx->own_ws_bytes = 0;
+    }
+    if (PAT_CU(cu, cu->cuMemAlloc(&ctx->own_ws, n), ctx->err, sizeof ctx->err)) return PAT_ERR_NO_MEMORY;
+    ctx->own_ws_bytes = n;
+  }
+  *ws = ctx->own_ws;
+  return PAT_OK;
+}
+
+PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat_tensors *t,
+                               pat_devptr workspace, size_t workspace_bytes, pat_stream stream)
+{
+  if (!ctx) return PAT_ERR_INVALID_ARG;
+  if (!plan || !t || plan->ctx != ctx)
+    return pat_fail(ctx, PAT_ERR_INVALID_ARG, "pat_forward: plan (of this context) and tensors are required");
+  if (!t->q || !t->k_cache || !t->v_cache || !t->out)
+    return pat_fail(ctx, PAT_ERR_INVALID_ARG, "pat_forward: q, k_cache, v_cache and out are required");
+  if ((t->q | t->k_cache | t->v_cache | t->out | workspace) & 15)
+    return pat_fail(ctx, PAT_ERR_INVALID_ARG, "pat_forward: every pointer must be 16-byte aligned");
+  const int D = ctx->spec.head_dim;
+  long long dense = (long long)plan->q_heads * D;
+  long long q_stride = t->q_stride ? t->q_stride : dense;
+  long long o_stride = t->o_stride ? t->o_stride : dense;
+  if (q_stride < dense || o_stride < dense || q_stride % 8 || o_stride % 8)
+    return pat_fail(ctx, PAT_ERR_INVALID_ARG,
+                    "pat_forward: strides must be >= q_heads x head_dim (%lld) and multiples of 8", dense);
+  const pat_cuda *cu = ctx->cu;
+  char *e = ctx->err;
+  size_t el = sizeof ctx->err;
+  if (PAT_CU(cu, cu->cuCtxSetCurrent(ctx->cuctx), e, el)) return PAT_ERR_CUDA;
+
+  size_t need = pat_plan_workspace_size(plan);
+  CUdeviceptr ws = workspace;
+  if (need && !ws) {
+    pat_status st = own_workspace(ctx, need, &ws);
+    if (st) return st;
+  } else if (need > workspace_bytes) {
+    return pat_fail(ctx, PAT_ERR_WORKSPACE, "pat_forward: workspace of %zu bytes, the plan needs %zu",
+                    workspace_bytes, need);
+  }
+  const pat_host_plan *h = &plan->host;
+  size_t slot_floats = (size_t)h->num_slots * plan->q_heads;
+  float *part_o = (float *)(uintptr_t)ws;
+  float *part_lse = (float *)(uintptr_t)(ws + ((slot_floats * D * sizeof(float) + 15) & ~(size_t)15));
+
+  pat_fwd_params fp = {
+    .q = (const void *)(uintptr_t)t->q, .k_cache = (const void *)(uintptr_t)t->k_cache,
+    .v_cache = (const void *)(uintptr_t)t->v_cache, .out = (void *)(uintptr_t)t->out,
+    .part_o = part_o, .part_lse = part_lse,
+    .pack_queries = (const pat_pack_query *)(uintptr_t)(plan->meta + plan->off_pack_queries),
+    .pages = (const int *)(uintptr_t)(plan->meta + plan->off_pages),
+    .q_stride = q_stride, .o_stride = o_stride, .q_heads = plan->q_heads, .kv_heads = plan->kv_heads,
+    .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
+  };
+
+  /* One group alone runs on the caller's stream; several fork onto the context's streams. */
+  CUstream caller = (CUstream)stream;
+  int forked = h->num_groups > 1;
+  int used = forked ? (h->num_groups < ctx->num_streams ? h->num_groups : ctx->num_streams) : 0;
+  if (forked && PAT_CU(cu, cu->cuEventRecord(ctx->fork_event, caller), e, el)) return PAT_ERR_CUDA;
+  for (int s = 0; s < used; s++)
+    if (PAT_CU(cu, cu->cuStreamWaitEvent(ctx->streams[s], ctx->fork_event, 0), e, el)) return PAT_ERR_CUDA;
+
+  for (int g = 0; g < h->num_groups; g++) {
+    const pat_tile_group *grp = &h->groups[g];
+    int ki = pat_kernel_index(ctx, grp->tile, plan->gqa);
+    if (!ctx->kernels[ki].module) {
+      pat_status st = pat_jit_ensure(ctx, ki);
+      if (st) return st;
+    }
+    const pat_kernel_src *k = &ctx->src.kernels[ki];
+    fp.packs = (const pat_pack *)(uintptr_t)(plan->meta + plan->off_packs + (size_t)grp->pack_begin * sizeof(pat_pack));
+    void *args[] = {&fp};
+    CUstream s = forked ? ctx->streams[g % used] : caller;
+    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[ki].fn, (unsigned)grp->num_packs, (unsigned)plan->kv_heads, 1,
+                                      (unsigned)k->threads, 1, 1, (unsigned)k->smem_bytes, s, args, NULL), e, el))
+      return pat_fail(ctx, PAT_ERR_CUDA, "launching %s: %s", k->name, e[0] ? e : "");
+  }
+  for (int s = 0; s < used; s++) {
+    if (PAT_CU(cu, cu->cuEventRecord(ctx->join_events[s], ctx->streams[s]), e, el) ||
+        PAT_CU(cu, cu->cuStreamWaitEvent(caller, ctx->join_events[s], 0), e, el))
+      return PAT_ERR_CUDA;
+  }
+
+  if (h->num_merges > 0) {
+    int mi = ctx->src.count - 1;
+    if (!ctx->kernels[mi].module) {
+      pat_status st = pat_jit_ensure(ctx, mi);
+      if (st) return st;
+    }
+    pat_merge_params mp = {.part_o = part_o, .part_lse = part_lse, .out = (void *)(uintptr_t)t->out,
+                           .items = (const pat_merge_item *)(uintptr_t)(plan->meta + plan->off_merges),
+                           .o_stride = o_stride, .q_heads = plan->q_heads};
+    void *args[] = {&mp};
+    const pat_kernel_src *k = &ctx->src.kernels[mi];
+    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)h->num_merges, 1, 1, (unsigned)k->threads,
+                                      1, 1, 0, caller, args, NULL), e, el))
+      return PAT_ERR_CUDA;
+  }
+  return PAT_OK;
+}

@@ -1,0 +1,67 @@
+/* internal.h: what the runtime's files share: the context and plan structs. Not public. */
+#ifndef PAT_INTERNAL_H
+#define PAT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdarg.h>
+
+#include "cuda_driver.h"
+#include "generate.h"
+#include "pat.h"
+#include "plan.h"
+#include "spec.h"
+
+enum { PAT_MAX_STREAMS = 8, PAT_ERR_LEN = 65536 };
+
+typedef struct pat_kernel {
+  CUmodule module;  /* NULL until compiled and loaded */
+  CUfunction fn;
+} pat_kernel;
+
+struct pat_context {
+  const pat_cuda *cu;      /* the driver table (process-wide) */
+  CUdevice dev;
+  CUcontext cuctx;         /* the device's primary context, retained */
+  int device, arch, num_sms;
+  char device_name[128];
+  pat_spec spec;
+  pat_kernel_set src;      /* generated sources; kernels[i] matches src.kernels[i] */
+  pat_kernel *kernels;
+  char cache_dir[1024];    /* "" when the disk cache is off */
+  int progress;
+  pthread_mutex_t jit_lock;  /* guards lazy compilation */
+  int num_streams;
+  CUstream streams[PAT_MAX_STREAMS];
+  CUevent fork_event;
+  CUevent join_events[PAT_MAX_STREAMS];
+  CUdeviceptr own_ws;      /* the context's workspace when the caller passes none */
+  size_t own_ws_bytes;
+  char err[PAT_ERR_LEN];   /* detail of the last failure */
+};
+
+struct pat_plan {
+  pat_context *ctx;
+  pat_host_plan host;
+  int gqa, q_heads, kv_heads;
+  void *pinned;            /* host staging of the metadata (page-locked) */
+  CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | merges */
+  size_t meta_bytes;
+  size_t off_packs, off_pack_queries, off_pages, off_merges;
+  CUevent uploaded;
+  double build_us;
+};
+
+/* Records a formatted message as ctx's last error and returns status. */
+pat_status pat_fail(pat_context *ctx, pat_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Index into ctx->src.kernels of the forward kernel for (tile, gqa), or -1. */
+int pat_kernel_index(const pat_context *ctx, int tile, int gqa);
+
+/* Makes sure kernel i is compiled and loaded (lazy path); thread-safe. */
+pat_status pat_jit_ensure(pat_context *ctx, int i);
+
+/* Compiles (or loads from the disk cache) every kernel not yet loaded, one thread per core. */
+pat_status pat_jit_all(pat_context *ctx);
+
+#endif

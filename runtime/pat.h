@@ -1,0 +1,143 @@
+/* pat.h: the public API of libpat, prefix-aware decode attention for paged KV caches.
+** A function not declared here is not part of the API.
+**
+** Use: pat_context_create (one per spec and device: JIT-compiles and caches the kernels),
+** then per decode step pat_plan_create (host scheduling, one upload), then pat_forward for
+** every layer with that plan. All device pointers are CUdeviceptr values (driver API);
+** streams are CUstream (a cudaStream_t is the same handle). */
+#ifndef PAT_H
+#define PAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define PAT_API __attribute__((visibility("default")))
+#else
+#define PAT_API
+#endif
+
+typedef enum pat_status {
+  PAT_OK = 0,
+  PAT_ERR_INVALID_ARG,  /* a bad argument or batch; nothing was launched */
+  PAT_ERR_NO_MEMORY,    /* host or device allocation failed */
+  PAT_ERR_SPEC,         /* the spec could not be loaded or does not support the request */
+  PAT_ERR_COMPILE,      /* generation or NVRTC failed (the log is in pat_last_error) */
+  PAT_ERR_NO_DRIVER,    /* no CUDA driver or device on this machine */
+  PAT_ERR_CUDA,         /* a CUDA driver call failed */
+  PAT_ERR_WORKSPACE,    /* the caller's workspace is too small or misaligned */
+  PAT_ERR_CACHE_IO      /* the kernel cache directory could not be used */
+} pat_status;
+
+typedef struct pat_context pat_context;  /* one spec on one device; owns kernels and streams */
+typedef struct pat_plan pat_plan;        /* one batch's schedule, reused by every layer */
+typedef struct CUstream_st *pat_stream;  /* = CUstream = cudaStream_t */
+typedef unsigned long long pat_devptr;   /* = CUdeviceptr */
+
+typedef struct pat_context_desc {
+  const char *spec_path;  /* YAML spec file (specs/README.md) */
+  int device;             /* CUDA device ordinal */
+  const char *cache_dir;  /* NULL: $PAT_CACHE_DIR, else $XDG_CACHE_HOME/pat, else ~/.cache/pat;
+                             "": no disk cache */
+  int lazy;               /* 0: compile every kernel at create, in parallel (default);
+                             1: compile a kernel on its first use */
+  int progress;           /* 1: a progress line on stderr while compiling (when a terminal) */
+  int num_streams;        /* streams for tile groups; 0: 4 */
+} pat_context_desc;
+
+/* Creates a context: loads the spec, loads the CUDA driver, retains the device's primary
+** context, generates and compiles (or loads from the disk cache) the kernels, creates the
+** forward streams and events. On failure returns a status, *out is NULL, and when msg is
+** not NULL writes the reason there (msglen bytes, NUL-terminated).
+** Thread-safe. */
+PAT_API pat_status pat_context_create(const pat_context_desc *desc, pat_context **out,
+                                      char *msg, size_t msglen);
+
+/* Destroys a context and everything it owns. NULL is a no-op. Plans made from it must be
+** destroyed first. Not concurrently with other calls on ctx. */
+PAT_API void pat_context_destroy(pat_context *ctx);
+
+/* A static description of a status ("invalid argument", ...). Thread-safe. */
+PAT_API const char *pat_status_string(pat_status s);
+
+/* The detail of the last failed call on ctx (NVRTC log, CUDA error, the bad query, ...), or
+** "" . Valid until the next call on ctx. Read it from the thread that made the call. */
+PAT_API const char *pat_last_error(const pat_context *ctx);
+
+/* Device facts: multiprocessors, compute capability x10, name. Any pointer may be NULL. */
+PAT_API pat_status pat_context_device(const pat_context *ctx, int *num_sms, int *arch,
+                                      char *name, size_t namelen);
+
+typedef enum pat_mode {
+  PAT_MODE_PREFIX = 0,  /* queries that share pages share CTAs (the PAT schedule) */
+  PAT_MODE_DIRECT = 1   /* one query per CTA, KV split by the spec's policy (flash-decoding) */
+} pat_mode;
+
+/* One decode step, as the engine sees it. Arrays are host memory, read during the call. */
+typedef struct pat_batch_desc {
+  int32_t num_queries;         /* >= 1 */
+  const int32_t *seq_lens;     /* [num_queries] tokens each query attends to (its own too) */
+  const int32_t *block_table;  /* [num_queries][block_table_stride] page ids, vLLM style */
+  int32_t block_table_stride;  /* entries per row */
+  int32_t num_pages;           /* pages in the KV cache; ids must be below this */
+  int32_t q_heads;             /* must be kv_heads x a GQA ratio the spec builds */
+  int32_t kv_heads;
+  pat_mode mode;
+} pat_batch_desc;
+
+/* Schedules a batch on the host (prefix tree, packs, splits, tiles) and uploads the plan's
+** metadata with one asynchronous copy on `stream`. The batch is validated: bad page ids, a
+** seq_len beyond its block-table row, zero queries, head counts the spec does not build
+** return PAT_ERR_INVALID_ARG with the detail in pat_last_error(ctx).
+** A context may be shared by threads for plan creation if each thread uses its own plans,
+** but pat_last_error is then per context, not per thread. */
+PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *batch, pat_stream stream,
+                                   pat_plan **out);
+
+/* Destroys a plan (waits for its upload). NULL is a no-op. */
+PAT_API void pat_plan_destroy(pat_plan *plan);
+
+/* Plan facts for reports: packs, CTAs of the forward launches, launches, queries with
+** merges, KV tokens read (per kv head) and unique KV tokens. Any pointer may be NULL. */
+typedef struct pat_plan_info {
+  int num_packs;
+  int num_ctas;
+  int num_launches;
+  int num_merges;
+  int num_slots;
+  long long kv_tokens_read;
+  long long kv_tokens_unique;
+  double build_us;  /* host time of the schedule */
+} pat_plan_info;
+PAT_API pat_status pat_plan_get_info(const pat_plan *plan, pat_plan_info *info);
+
+/* Device workspace bytes pat_forward needs for this plan (partial outputs and LSEs). */
+PAT_API size_t pat_plan_workspace_size(const pat_plan *plan);
+
+typedef struct pat_tensors {
+  pat_devptr q;        /* [num_queries][q_heads][head_dim], spec dtype */
+  pat_devptr k_cache;  /* [num_pages][page_size][kv_heads][head_dim] */
+  pat_devptr v_cache;  /* same layout */
+  pat_devptr out;      /* [num_queries][q_heads][head_dim] */
+  long long q_stride;  /* elements between queries in q; 0: q_heads x head_dim */
+  long long o_stride;  /* elements between queries in out; 0: q_heads x head_dim */
+  float scale;         /* softmax scale; 0: 1/sqrt(head_dim) */
+} pat_tensors;
+
+/* Runs forward and merge for plan on `stream`: the tile groups fork onto the context's
+** streams and join back before the merge, so the work is ordered after everything already
+** on `stream` and before anything queued after. No host synchronisation, no allocation when
+** workspace is given (workspace_bytes >= pat_plan_workspace_size; 16-byte aligned). With
+** workspace 0 the context uses (and grows, synchronising once) its own buffer.
+** Pointers must be 16-byte aligned. One thread at a time per context. */
+PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat_tensors *t,
+                               pat_devptr workspace, size_t workspace_bytes, pat_stream stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,726 @@
+/* sched.c: the pack scheduler: batch validation, radix tree over block tables, per-node
+** own/push-down choice by a cost model, KV splitting, tile choice, slots and merge items.
+** See docs/scheduler.md. Work is per page and per tree node, never per token. */
+#include "sched.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- Cost model constants, in units of "one KV token read for one kv head" (K and V rows,
+** 4 x head_dim bytes in fp16). docs/scheduler.md explains where they come from. */
+#define COST_ALPHA  (1.0 / 128.0)  /* tensor-core work of one (padded) row x token */
+#define COST_CTA    48.0           /* fixed cost of one CTA: launch, prologue, epilogue */
+#define COST_STEP   8.0            /* one pipeline step: barriers, softmax rescale */
+#define COST_INF    1e300
+
+typedef struct node {
+  int32_t pos;        /* page position of its first page in every row below it */
+  int32_t npages;     /* full pages of its run (0 only for the root) */
+  int32_t q_lo, q_hi; /* its queries: order[q_lo .. q_hi) */
+  int32_t nterm;      /* order[q_lo .. q_lo + nterm): queries whose full pages end here */
+  int32_t child_lo;   /* children: nodes child_lo .. child_lo + nchild - 1 */
+  int32_t nchild;
+  double own_b, own_s;   /* cost of "own packs" as a line in the inherited prefix tokens */
+  double push_b, push_s; /* cost of "push down" (tangent at 0 inherited tokens) */
+} node;
+
+typedef struct bpack {   /* a pack before KV splitting */
+  int32_t q_lo, nq;      /* its queries: order[q_lo .. q_lo + nq) */
+  int32_t pos0, npages;  /* page positions pos0 .. pos0 + npages - 1 of its queries' rows */
+  int32_t kv_len;        /* tokens */
+  int32_t splits, max_s; /* KV chunks chosen, most allowed by min_kv_per_split */
+  int32_t page_begin;    /* its page ids in plan->pages */
+} bpack;
+
+typedef struct fpack {   /* a final pack (one KV chunk of a bpack) */
+  int32_t base, page_off, kv_len, tile;
+} fpack;
+
+typedef struct uentry {  /* a page seen by validation */
+  int32_t page, pos, query, partial;
+} uentry;
+
+typedef struct ctx {
+  const pat_batch *b;
+  const pat_sched_opts *o;
+  const pat_spec *s;
+  int32_t n, ps, gqa, cap;
+  int32_t *nf;        /* full pages per query */
+  int32_t *order;     /* queries in tree order */
+  node *nodes;
+  int32_t num_nodes;
+  bpack *bp;
+  int32_t nbp, bpcap;
+  double ctok1, cpack1, cmerge;
+} ctx;
+
+__attribute__((format(printf, 3, 4)))
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+  if (!err || errlen == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, errlen, fmt, ap);
+  va_end(ap);
+}
+
+static const int32_t *row_of(const ctx *c, int32_t q)
+{
+  return c->b->block_table + (size_t)q * (size_t)c->b->block_table_stride;
+}
+
+static int32_t tail_tokens(const ctx *c, int32_t q)
+{
+  return c->b->seq_lens[q] % c->ps;
+}
+
+static int32_t num_pages_of(const ctx *c, int32_t q)
+{
+  return (c->b->seq_lens[q] + c->ps - 1) / c->ps;
+}
+
+/* Smallest tile M holding `rows` query rows, or 0 if none. */
+static int mfit(const pat_spec *s, int rows)
+{
+  int best = 0;
+  for (int i = 0; i < s->num_tiles; i++)
+    if (s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
+  return best;
+}
+
+static double ctok(int m) { return 1.0 + COST_ALPHA * m; }
+static double cpack(int m) { return COST_CTA + 0.5 * m; }
+
+static uint32_t hash32(uint32_t x)
+{
+  x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+  return x;
+}
+
+static size_t pow2_at_least(size_t x)
+{
+  size_t p = 16;
+  while (p < x) p <<= 1;
+  return p;
+}
+
+/* ---- validation of the plain fields, per query ---- */
+static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, size_t errlen)
+{
+  if (!b || !o || !o->spec) { set_err(err, errlen, "batch, options and spec are required"); return -1; }
+  const pat_spec *s = o->spec;
+  if (b->num_queries < 1) { set_err(err, errlen, "batch has %d queries (need at least 1)", (int)b->num_queries); return -1; }
+  if (!b->seq_lens || !b->block_table) { set_err(err, errlen, "batch has no seq_lens or block_table"); return -1; }
+  if (b->page_size < 1) { set_err(err, errlen, "page size %d is not positive", (int)b->page_size); return -1; }
+  if (s->page_size > 0 && s->page_size != b->page_size) {
+    set_err(err, errlen, "batch page size %d differs from the spec's %d", (int)b->page_size, s->page_size);
+    return -1;
+  }
+  if (b->block_table_stride < 1) { set_err(err, errlen, "block table stride %d is not positive", (int)b->block_table_stride); return -1; }
+  if (b->num_pages_total < 1) { set_err(err, errlen, "KV cache has %d pages", (int)b->num_pages_total); return -1; }
+  if (b->gqa < 1) { set_err(err, errlen, "GQA ratio %d is not positive", (int)b->gqa); return -1; }
+  if (s->num_gqa > 0) {
+    int ok = 0;
+    for (int i = 0; i < s->num_gqa; i++) ok |= s->gqa[i] == b->gqa;
+    if (!ok) { set_err(err, errlen, "GQA ratio %d is not built by spec '%s'", (int)b->gqa, s->name); return -1; }
+  }
+  if (s->num_tiles < 1) { set_err(err, errlen, "spec '%s' has no tiles", s->name); return -1; }
+  int mmax = 0;
+  for (int i = 0; i < s->num_tiles; i++) mmax = s->tiles[i].m > mmax ? s->tiles[i].m : mmax;
+  if (mmax < b->gqa) {
+    set_err(err, errlen, "GQA ratio %d exceeds the largest tile M %d", (int)b->gqa, mmax);
+    return -1;
+  }
+  if (o->num_sms < 1 || o->kv_heads < 1) {
+    set_err(err, errlen, "num_sms (%d) and kv_heads (%d) must be positive", o->num_sms, o->kv_heads);
+    return -1;
+  }
+  if (o->mode != PAT_SCHED_PREFIX && o->mode != PAT_SCHED_DIRECT) {
+    set_err(err, errlen, "unknown scheduler mode %d", (int)o->mode);
+    return -1;
+  }
+  int64_t cap_tokens = (int64_t)b->block_table_stride * b->page_size;
+  for (int32_t q = 0; q < b->num_queries; q++) {
+    int32_t len = b->seq_lens[q];
+    if (len < 1) { set_err(err, errlen, "query %d: seq_len %d (need at least 1)", (int)q, (int)len); return -1; }
+    if (len > cap_tokens) {
+      set_err(err, errlen, "query %d: seq_len %d exceeds its block table row (%d pages x %d tokens)",
+              (int)q, (int)len, (int)b->block_table_stride, (int)b->page_size);
+      return -1;
+    }
+    const int32_t *row = b->block_table + (size_t)q * (size_t)b->block_table_stride;
+    int32_t np = (len + b->page_size - 1) / b->page_size;
+    for (int32_t i = 0; i < np; i++) {
+      if (row[i] < 0 || row[i] >= b->num_pages_total) {
+        set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+                (int)q, (int)row[i], (int)i, (int)b->num_pages_total);
+        return -1;
+      }
+    }
+  }
+  return 0;
+}
+
+/* ---- radix tree: nodes in breadth-first order, children contiguous, subtrees contiguous
+** ranges of order[]. Grouping by next page uses an open-addressing map reset per use. */
+static int build_tree(ctx *c)
+{
+  int32_t n = c->n;
+  size_t hcap = pow2_at_least((size_t)n * 2);
+  int32_t *hkey = malloc(hcap * sizeof *hkey);
+  int32_t *hval = malloc(hcap * sizeof *hval);
+  int32_t *gid = malloc((size_t)n * sizeof *gid);
+  int32_t *gcnt = malloc(((size_t)n + 1) * sizeof *gcnt);
+  int32_t *tmp = malloc((size_t)n * sizeof *tmp);
+  size_t *gslot = malloc((size_t)n * sizeof *gslot);
+  if (!hkey || !hval || !gid || !gcnt || !tmp || !gslot) {
+    free(hkey); free(hval); free(gid); free(gcnt); free(tmp); free(gslot);
+    return -1;
+  }
+  memset(hkey, 0xff, hcap * sizeof *hkey);
+
+  node *nodes = c->nodes;
+  int32_t nn = 1;
+  memset(&nodes[0], 0, sizeof nodes[0]);
+  nodes[0].q_hi = n;
+  for (int32_t v = 0; v < nn; v++) {
+    node *nd = &nodes[v];
+    int32_t lo = nd->q_lo, hi = nd->q_hi, e = nd->pos;
+    int32_t leader = c->order[lo];
+    int32_t run = c->nf[leader] - e;
+    const int32_t *rl = row_of(c, leader) + e;
+    for (int32_t i = lo + 1; i < hi && run > 0; i++) {
+      int32_t q = c->order[i];
+      int32_t lim = c->nf[q] - e < run ? c->nf[q] - e : run;
+      const int32_t *rq = row_of(c, q) + e;
+      int32_t r = 0;
+      while (r < lim && rq[r] == rl[r]) r++;
+      run = r;
+    }
+    nd->npages = run;
+    int32_t end = e + run;
+    /* partition: queries ending here first, then groups by the page at `end` */
+    int32_t nterm = 0, ng = 0;
+    for (int32_t i = lo; i < hi; i++) {
+      int32_t q = c->order[i];
+      if (c->nf[q] == end) { gid[i - lo] = -1; nterm++; continue; }
+      int32_t key = row_of(c, q)[end];
+      size_t h = hash32((uint32_t)key) & (hcap - 1);
+      while (hkey[h] != -1 && hkey[h] != key) h = (h + 1) & (hcap - 1);
+      if (hkey[h] == -1) { hkey[h] = key; hval[h] = ng; gslot[ng] = h; gcnt[ng++] = 0; }
+      gid[i - lo] = hval[h];
+      gcnt[hval[h]]++;
+    }
+    for (int32_t g = 0; g < ng; g++) hkey[gslot[g]] = -1;  /* reset the map */
+    nd->nterm = nterm;
+    nd->child_lo = nn;
+    nd->nchild = ng;
+    if (ng == 0) continue;
+    /* exclusive prefix sums: where each group starts */
+    int32_t at = lo + nterm;
+    for (int32_t g = 0; g < ng; g++) {
+      int32_t cnt = gcnt[g];
+      node *ch = &nodes[nn + g];
+      memset(ch, 0, sizeof *ch);
+      ch->pos = end;
+      ch->q_lo = at;
+      ch->q_hi = at + cnt;
+      gcnt[g] = at;
+      at += cnt;
+    }
+    int32_t t = lo;
+    for (int32_t i = lo; i < hi; i++) {
+      int32_t q = c->order[i];
+      if (gid[i - lo] < 0) tmp[t++ - lo] = q;
+      else tmp[gcnt[gid[i - lo]]++ - lo] = q;
+    }
+    memcpy(c->order + lo, tmp, (size_t)(hi - lo) * sizeof *tmp);
+    nn += ng;
+  }
+  c->num_nodes = nn;
+  free(hkey); free(hval); free(gid); free(gcnt); free(tmp); free(gslot);
+  return 0;
+}
+
+/* ---- uniqueness: each page once per query, shared pages at one position, partial last
+** pages never shared. One map entry per distinct page; work per tree page, not per row. */
+static int conflict(const ctx *c, const uentry *e, int32_t page, int32_t pos, int32_t q,
+                    int partial, char *err, size_t errlen)
+{
+  const int32_t *rq = row_of(c, q), *re = row_of(c, e->query);
+  if (e->pos != pos && e->pos < num_pages_of(c, q) && rq[e->pos] == page) {
+    set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
+            (int)q, (int)page, (int)e->pos, (int)pos);
+    return -1;
+  }
+  if (e->pos != pos && pos < num_pages_of(c, e->query) && re[pos] == page) {
+    set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
+            (int)e->query, (int)page, (int)e->pos, (int)pos);
+    return -1;
+  }
+  if (e->partial || partial) {
+    const uentry *pe = e;
+    uentry me = {page, pos, q, partial};
+    const uentry *other = &me;
+    if (!e->partial) { pe = &me; other = e; }
+    set_err(err, errlen,
+            "query %d: page %d is its partial last page (position %d) and is also used by "
+            "query %d at position %d; a partial page cannot be shared",
+            (int)pe->query, (int)page, (int)pe->pos, (int)other->query, (int)other->pos);
+    return -1;
+  }
+  set_err(err, errlen,
+          "query %d: page %d at position %d is also used by query %d at position %d; a "
+          "shared page must hold the same tokens (same position) in every query",
+          (int)q, (int)page, (int)pos, (int)e->query, (int)e->pos);
+  return -1;
+}
+
+static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
+{
+  size_t total = (size_t)c->n;
+  for (int32_t v = 0; v < c->num_nodes; v++) total += (size_t)c->nodes[v].npages;
+  size_t hcap = pow2_at_least(total * 2);
+  uentry *tab = malloc(hcap * sizeof *tab);
+  if (!tab) { set_err(err, errlen, "out of memory"); return -1; }
+  for (size_t i = 0; i < hcap; i++) tab[i].page = -1;
+  int64_t full = 0, tails = 0;
+  int rc = 0;
+  for (int32_t v = 0; v < c->num_nodes && rc == 0; v++) {
+    const node *nd = &c->nodes[v];
+    int32_t q = c->order[nd->q_lo];
+    const int32_t *row = row_of(c, q);
+    for (int32_t i = 0; i < nd->npages; i++) {
+      int32_t page = row[nd->pos + i], pos = nd->pos + i;
+      size_t h = hash32((uint32_t)page) & (hcap - 1);
+      while (tab[h].page != -1 && tab[h].page != page) h = (h + 1) & (hcap - 1);
+      if (tab[h].page == -1) {
+        tab[h] = (uentry){page, pos, q, 0};
+        full++;
+      } else if (tab[h].pos != pos || tab[h].partial) {
+        rc = conflict(c, &tab[h], page, pos, q, 0, err, errlen);
+        break;
+      }
+    }
+  }
+  for (int32_t q = 0; q < c->n && rc == 0; q++) {
+    int32_t tt = tail_tokens(c, q);
+    if (tt == 0) continue;
+    int32_t pos = c->nf[q], page = row_of(c, q)[pos];
+    size_t h = hash32((uint32_t)page) & (hcap - 1);
+    while (tab[h].page != -1 && tab[h].page != page) h = (h + 1) & (hcap - 1);
+    if (tab[h].page != -1) { rc = conflict(c, &tab[h], page, pos, q, 1, err, errlen); break; }
+    tab[h] = (uentry){page, pos, q, 1};
+    tails += tt;
+  }
+  free(tab);
+  *unique_tokens = full * c->ps + tails;
+  return rc;
+}
+
+/* ---- cost model ---- */
+static double line_min(const node *nd, double x)
+{
+  double a = nd->own_b + nd->own_s * x, p = nd->push_b + nd->push_s * x;
+  return a < p ? a : p;
+}
+
+static double line_min_slope(const node *nd, double x)
+{
+  double a = nd->own_b + nd->own_s * x, p = nd->push_b + nd->push_s * x;
+  return a < p ? nd->own_s : nd->push_s;
+}
+
+/* A query's own last pack when `x` inherited tokens reach it: x + its partial page. */
+static double tail_cost(const ctx *c, int32_t q, double x)
+{
+  double t = x + tail_tokens(c, q);
+  return t > 0 ? t * c->ctok1 + c->cpack1 : 0.0;
+}
+
+static void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int *mr)
+{
+  *k = (nq + c->cap - 1) / c->cap;
+  int32_t r = nq - (*k - 1) * c->cap;
+  *mf = mfit(c->s, c->cap * c->gqa);
+  *mr = mfit(c->s, r * c->gqa);
+}
+
+static void compute_costs(ctx *c)
+{
+  for (int32_t v = c->num_nodes - 1; v >= 0; v--) {
+    node *nd = &c->nodes[v];
+    double L = (double)nd->npages * c->ps;
+    int32_t nq = nd->q_hi - nd->q_lo;
+    double below0 = 0, pb = 0, psl = 0;
+    for (int32_t i = 0; i < nd->nchild; i++) {
+      const node *ch = &c->nodes[nd->child_lo + i];
+      below0 += line_min(ch, 0);
+      pb += line_min(ch, L);
+      psl += line_min_slope(ch, L);
+    }
+    for (int32_t i = 0; i < nd->nterm; i++) {
+      int32_t q = c->order[nd->q_lo + i];
+      below0 += tail_cost(c, q, 0);
+      pb += tail_cost(c, q, L);
+      psl += c->ctok1;
+    }
+    nd->push_b = pb;
+    nd->push_s = psl;
+    if (nq >= 2 && nd->npages > 0) {
+      int32_t k; int mf, mr;
+      own_chunks(c, nq, &k, &mf, &mr);
+      double s = (k - 1) * ctok(mf) + ctok(mr);
+      nd->own_s = s;
+      nd->own_b = L * s + (k - 1) * cpack(mf) + cpack(mr) + c->cmerge * nq + below0;
+    } else {
+      nd->own_s = 0;
+      nd->own_b = COST_INF;
+    }
+  }
+}
+
+static int push_bpack(ctx *c, int32_t q_lo, int32_t nq, int32_t pos0, int32_t npages, int32_t kv_len)
+{
+  if (c->nbp == c->bpcap) {
+    int32_t ncap = c->bpcap * 2;
+    bpack *nb = realloc(c->bp, (size_t)ncap * sizeof *nb);
+    if (!nb) return -1;
+    c->bp = nb;
+    c->bpcap = ncap;
+  }
+  c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0};
+  return 0;
+}
+
+/* Top-down: decide own/push with the inherited prefix known, emit the packs. */
+static int emit_prefix(ctx *c, int32_t *inh, int32_t *sa)
+{
+  int max_splits = c->s->split.max_splits > 0 ? c->s->split.max_splits : 1;
+  inh[0] = 0;
+  sa[0] = 0;
+  for (int32_t v = 0; v < c->num_nodes; v++) {
+    const node *nd = &c->nodes[v];
+    int32_t end = nd->pos + nd->npages;
+    double P = (double)(nd->pos - inh[v]) * c->ps;
+    double L = (double)nd->npages * c->ps;
+    int own = 0;
+    if (nd->own_b < COST_INF && sa[v] + 2 <= max_splits) {
+      double pe = 0;
+      for (int32_t i = 0; i < nd->nchild; i++) pe += line_min(&c->nodes[nd->child_lo + i], P + L);
+      for (int32_t i = 0; i < nd->nterm; i++) pe += tail_cost(c, c->order[nd->q_lo + i], P + L);
+      own = nd->own_b + nd->own_s * P < pe;
+    }
+    int32_t next = inh[v], nsa = sa[v];
+    if (own) {
+      int32_t nq = nd->q_hi - nd->q_lo, k; int mf, mr;
+      own_chunks(c, nq, &k, &mf, &mr);
+      for (int32_t j = 0; j < k; j++) {
+        int32_t lo = nd->q_lo + j * c->cap;
+        int32_t cnt = j + 1 < k ? c->cap : nd->q_hi - lo;
+        if (push_bpack(c, lo, cnt, inh[v], end - inh[v], (end - inh[v]) * c->ps)) return -1;
+      }
+      next = end;
+      nsa++;
+    }
+    for (int32_t i = 0; i < nd->nterm; i++) {
+      int32_t q = c->order[nd->q_lo + i];
+      int32_t tail = tail_tokens(c, q) ? 1 : 0;
+      int32_t np = end + tail - next;
+      if (np > 0 && push_bpack(c, nd->q_lo + i, 1, next, np, c->b->seq_lens[q] - next * c->ps)) return -1;
+    }
+    for (int32_t i = 0; i < nd->nchild; i++) {
+      inh[nd->child_lo + i] = next;
+      sa[nd->child_lo + i] = nsa;
+    }
+  }
+  return 0;
+}
+
+/* ---- KV splitting ---- */
+static int can_split(const ctx *c, const bpack *p, const int32_t *cnt, int max_splits)
+{
+  if (p->splits >= p->max_s) return 0;
+  for (int32_t i = 0; i < p->nq; i++)
+    if (cnt[c->order[p->q_lo + i]] >= max_splits) return 0;
+  return 1;
+}
+
+static void add_splits(const ctx *c, bpack *p, int32_t *cnt, int32_t d)
+{
+  p->splits += d;
+  for (int32_t i = 0; i < p->nq; i++) cnt[c->order[p->q_lo + i]] += d;
+}
+
+static double chunk_len(const bpack *p) { return (double)p->kv_len / p->splits; }
+
+static void heap_down(const ctx *c, int32_t *h, int32_t n, int32_t i)
+{
+  for (;;) {
+    int32_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < n && chunk_len(&c->bp[h[l]]) > chunk_len(&c->bp[h[m]])) m = l;
+    if (r < n && chunk_len(&c->bp[h[r]]) > chunk_len(&c->bp[h[m]])) m = r;
+    if (m == i) return;
+    int32_t t = h[i]; h[i] = h[m]; h[m] = t;
+    i = m;
+  }
+}
+
+static int split_packs(ctx *c, int32_t *cnt)
+{
+  const pat_split_policy *sp = &c->s->split;
+  int max_splits = sp->max_splits > 0 ? sp->max_splits : 1;
+  int64_t min_kv = sp->min_kv_per_split > 0 ? sp->min_kv_per_split : 1;
+  int64_t ctas = (int64_t)(sp->ctas_per_sm > 0 ? sp->ctas_per_sm : 1) * c->o->num_sms;
+  int64_t target = (ctas + c->o->kv_heads - 1) / c->o->kv_heads;
+  int64_t total = 0, packs = c->nbp;
+  for (int32_t i = 0; i < c->nbp; i++) {
+    bpack *p = &c->bp[i];
+    int64_t shortfall = (int64_t)p->npages * c->ps - p->kv_len;
+    int64_t mp = (min_kv + shortfall + c->ps - 1) / c->ps;
+    p->max_s = (int32_t)(p->npages / mp > 1 ? p->npages / mp : 1);
+    total += p->kv_len;
+  }
+  /* 1. long packs: nothing longer than a balanced share of the grid */
+  int64_t lcap = (total + target - 1) / target;
+  if (lcap < min_kv) lcap = min_kv;
+  for (int32_t i = 0; i < c->nbp; i++) {
+    bpack *p = &c->bp[i];
+    if (p->kv_len <= lcap || p->max_s <= 1) continue;
+    int64_t want = (p->kv_len + lcap - 1) / lcap;
+    if (want > p->max_s) want = p->max_s;
+    int32_t room = INT_MAX;
+    for (int32_t j = 0; j < p->nq; j++) {
+      int32_t r = max_splits - cnt[c->order[p->q_lo + j]];
+      room = r < room ? r : room;
+    }
+    if (want > 1 + (int64_t)room) want = 1 + room;
+    if (want > 1) { add_splits(c, p, cnt, (int32_t)want - 1); packs += want - 1; }
+  }
+  /* 2. fill the GPU: split the longest chunk while the grid is short of CTAs */
+  if (packs >= target) return 0;
+  int32_t *h = malloc((size_t)c->nbp * sizeof *h);
+  if (!h) return -1;
+  int32_t hn = 0;
+  for (int32_t i = 0; i < c->nbp; i++)
+    if (can_split(c, &c->bp[i], cnt, max_splits)) h[hn++] = i;
+  for (int32_t i = hn / 2 - 1; i >= 0; i--) heap_down(c, h, hn, i);
+  while (packs < target && hn > 0) {
+    bpack *p = &c->bp[h[0]];
+    if (!can_split(c, p, cnt, max_splits)) { h[0] = h[--hn]; heap_down(c, h, hn, 0); continue; }
+    add_splits(c, p, cnt, 1);
+    packs++;
+    if (p->splits >= p->max_s) h[0] = h[--hn];
+    heap_down(c, h, hn, 0);
+  }
+  free(h);
+  return 0;
+}
+
+/* Tile with the least cost for `rows` query rows and `T` tokens; smallest M on ties. */
+static int pick_tile(const pat_spec *s, int rows, int T)
+{
+  int best = -1;
+  double bc = 0;
+  for (int i = 0; i < s->num_tiles; i++) {
+    const pat_tile *t = &s->tiles[i];
+    if (t->m < rows || t->n < 1) continue;
+    double steps = (double)((T + t->n - 1) / t->n);
+    double cost = COST_ALPHA * ((double)t->m * steps * t->n - (double)rows * T) + COST_STEP * steps;
+    if (best < 0 || cost < bc - 1e-9 || (cost < bc + 1e-9 && t->m < s->tiles[best].m)) {
+      best = i;
+      bc = cost;
+    }
+  }
+  return best;
+}
+
+static int ilog2(int32_t x)
+{
+  int r = 0;
+  while (x > 1) { x >>= 1; r++; }
+  return r;
+}
+
+/* ---- assembly of the plan ---- */
+static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
+{
+  const pat_spec *s = c->s;
+  int32_t n = c->n, nt = s->num_tiles;
+  int64_t nf = 0, npq = 0, npages = 0, nslots = 0, nmerge = 0, read = 0;
+  for (int32_t i = 0; i < c->nbp; i++) {
+    bpack *p = &c->bp[i];
+    p->page_begin = (int32_t)npages;
+    npages += p->npages;
+    nf += p->splits;
+    npq += (int64_t)p->splits * p->nq;
+    read += p->kv_len;
+  }
+  for (int32_t q = 0; q < n; q++)
+    if (cnt[q] > 1) { nslots += cnt[q]; nmerge++; }
+  if (nf > INT32_MAX || npq > INT32_MAX || npages > INT32_MAX || nslots > INT32_MAX) return -1;
+
+  fpack *fp = malloc((size_t)nf * sizeof *fp);
+  int32_t *key = malloc((size_t)nf * sizeof *key);
+  int32_t *perm = malloc((size_t)nf * sizeof *perm);
+  int32_t *bucket = calloc((size_t)nt * 32 + 1, sizeof *bucket);
+  int32_t *next = malloc((size_t)n * 2 * sizeof *next);
+  plan->packs = malloc((size_t)nf * sizeof *plan->packs);
+  plan->pack_queries = malloc((size_t)npq * sizeof *plan->pack_queries);
+  plan->pages = malloc((size_t)(npages ? npages : 1) * sizeof *plan->pages);
+  plan->merges = malloc((size_t)(nmerge ? nmerge : 1) * sizeof *plan->merges);
+  plan->groups = malloc((size_t)nt * sizeof *plan->groups);
+  int rc = -1;
+  if (!fp || !key || !perm || !bucket || !next || !plan->packs || !plan->pack_queries ||
+      !plan->pages || !plan->merges || !plan->groups)
+    goto out;
+
+  /* chunks of each base pack at page boundaries; the last holds the partial page */
+  int32_t f = 0;
+  for (int32_t i = 0; i < c->nbp; i++) {
+    const bpack *p = &c->bp[i];
+    const int32_t *row = row_of(c, c->order[p->q_lo]);
+    memcpy(plan->pages + p->page_begin, row + p->pos0, (size_t)p->npages * sizeof *row);
+    int32_t base = p->npages / p->splits, extra = p->npages % p->splits, off = 0;
+    int32_t shortfall = p->npages * c->ps - p->kv_len;
+    for (int32_t j = 0; j < p->splits; j++) {
+      int32_t pg = base + (j < extra ? 1 : 0);
+      int32_t T = pg * c->ps - (j + 1 == p->splits ? shortfall : 0);
+      int tile = pick_tile(s, p->nq * c->gqa, T);
+      fp[f] = (fpack){i, off, T, tile};
+      key[f] = tile * 32 + (31 - ilog2(T));
+      bucket[key[f] + 1]++;
+      off += pg;
+      f++;
+    }
+  }
+  /* counting sort: by tile, then longest first (by powers of two), stable */
+  for (int32_t k = 0; k < nt * 32; k++) bucket[k + 1] += bucket[k];
+  for (int32_t i = 0; i < f; i++) perm[bucket[key[i]]++] = i;
+
+  /* slots: contiguous per query, in query order */
+  int32_t *slot_base = next, *slot_next = next + n;
+  int32_t sl = 0, m = 0;
+  for (int32_t q = 0; q < n; q++) {
+    slot_next[q] = 0;
+    if (cnt[q] > 1) {
+      slot_base[q] = sl;
+      plan->merges[m++] = (pat_merge_item){q, sl, cnt[q]};
+      sl += cnt[q];
+    } else {
+      slot_base[q] = -1;
+    }
+  }
+  int32_t pq = 0, ng = 0;
+  for (int32_t i = 0; i < f; i++) {
+    const fpack *x = &fp[perm[i]];
+    const bpack *p = &c->bp[x->base];
+    if (ng == 0 || plan->groups[ng - 1].tile != x->tile)
+      plan->groups[ng++] = (pat_tile_group){x->tile, i, 0};
+    plan->groups[ng - 1].num_packs++;
+    plan->packs[i] = (pat_pack){pq, p->nq, p->page_begin + x->page_off, x->kv_len};
+    for (int32_t j = 0; j < p->nq; j++) {
+      int32_t q = c->order[p->q_lo + j];
+      int32_t slot = slot_base[q] < 0 ? -1 : slot_base[q] + slot_next[q]++;
+      plan->pack_queries[pq++] = (pat_pack_query){q, slot};
+    }
+  }
+  plan->num_queries = n;
+  plan->num_packs = f;
+  plan->num_pack_queries = pq;
+  plan->num_pages = (int32_t)npages;
+  plan->num_merges = m;
+  plan->num_slots = sl;
+  plan->num_groups = ng;
+  plan->kv_tokens_read = read;
+  rc = 0;
+out:
+  free(fp); free(key); free(perm); free(bucket); free(next);
+  return rc;
+}
+
+const char *pat_sched_mode_name(pat_sched_mode mode)
+{
+  return mode == PAT_SCHED_DIRECT ? "direct" : mode == PAT_SCHED_PREFIX ? "prefix" : "unknown";
+}
+
+void pat_host_plan_free(pat_host_plan *plan)
+{
+  if (!plan) return;
+  free(plan->packs);
+  free(plan->pack_queries);
+  free(plan->pages);
+  free(plan->merges);
+  free(plan->groups);
+  memset(plan, 0, sizeof *plan);
+}
+
+int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
+                    char *err, size_t errlen)
+{
+  if (err && errlen) err[0] = '\0';
+  if (!plan) { set_err(err, errlen, "no plan to fill"); return -1; }
+  memset(plan, 0, sizeof *plan);
+  if (check_batch(b, o, err, errlen)) return -1;
+
+  ctx c;
+  memset(&c, 0, sizeof c);
+  c.b = b;
+  c.o = o;
+  c.s = o->spec;
+  c.n = b->num_queries;
+  c.ps = b->page_size;
+  c.gqa = b->gqa;
+  int mmax = 0;
+  for (int i = 0; i < c.s->num_tiles; i++) mmax = c.s->tiles[i].m > mmax ? c.s->tiles[i].m : mmax;
+  c.cap = mmax / c.gqa;
+  c.ctok1 = ctok(mfit(c.s, c.gqa));
+  c.cpack1 = cpack(mfit(c.s, c.gqa));
+  /* merge: a partial O (fp32) written and read back per q head, against 4 x head_dim bytes
+  ** of K and V per token: 2 x 4 x D x gqa / (4 x D) = 2 x gqa tokens, plus the LSE. */
+  c.cmerge = 2.0 * c.gqa + 1.0;
+
+  size_t n = (size_t)c.n;
+  c.nf = malloc(n * sizeof *c.nf);
+  c.order = malloc(n * sizeof *c.order);
+  c.nodes = malloc((2 * n + 1) * sizeof *c.nodes);
+  int32_t *cnt = calloc(n, sizeof *cnt);
+  int32_t *inh = malloc((2 * n + 1) * sizeof *inh);
+  int32_t *sa = malloc((2 * n + 1) * sizeof *sa);
+  c.bpcap = c.n + 16;
+  c.bp = malloc((size_t)c.bpcap * sizeof *c.bp);
+  int rc = -1;
+  int64_t unique = 0;
+  if (!c.nf || !c.order || !c.nodes || !cnt || !inh || !sa || !c.bp) { set_err(err, errlen, "out of memory"); goto out; }
+  for (int32_t q = 0; q < c.n; q++) {
+    c.nf[q] = b->seq_lens[q] / c.ps;
+    c.order[q] = q;
+  }
+  if (build_tree(&c)) { set_err(err, errlen, "out of memory"); goto out; }
+  if (check_pages(&c, &unique, err, errlen)) goto out;
+
+  if (o->mode == PAT_SCHED_PREFIX) {
+    compute_costs(&c);
+    if (emit_prefix(&c, inh, sa)) { set_err(err, errlen, "out of memory"); goto out; }
+  } else {
+    for (int32_t i = 0; i < c.n; i++) {
+      int32_t q = c.order[i];
+      if (push_bpack(&c, i, 1, 0, num_pages_of(&c, q), b->seq_lens[q])) { set_err(err, errlen, "out of memory"); goto out; }
+    }
+  }
+  for (int32_t i = 0; i < c.nbp; i++)
+    for (int32_t j = 0; j < c.bp[i].nq; j++) cnt[c.order[c.bp[i].q_lo + j]]++;
+  if (split_packs(&c, cnt) || assemble(&c, cnt, plan)) {
+    pat_host_plan_free(plan);
+    set_err(err, errlen, "out of memory or plan too large");
+    goto out;
+  }
+  plan->kv_tokens_unique = unique;
+  rc = 0;
+out:
+  free(c.nf); free(c.order); free(c.nodes); free(cnt); free(inh); free(sa); free(c.bp);
+  return rc;
+}

@@ -1,0 +1,48 @@
+/* sched.h: the pack scheduler. Turns a decode batch (block tables, sequence lengths) into a
+** pack-forward-merge plan (runtime/plan.h): prefix tree, packs, KV splits, tiles, slots.
+** docs/scheduler.md describes the algorithm and its cost model. Host only, no CUDA. */
+#ifndef PAT_SCHED_H
+#define PAT_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../gen/spec.h"
+#include "plan.h"
+
+/* One decode step as the engine sees it. The scheduler only reads these arrays. */
+typedef struct pat_batch {
+  int32_t num_queries;         /* >= 1 */
+  const int32_t *seq_lens;     /* [num_queries] tokens each query attends to, >= 1 */
+  const int32_t *block_table;  /* row-major [num_queries][block_table_stride] page ids */
+  int32_t block_table_stride;  /* entries per row: the most pages one query may use */
+  int32_t num_pages_total;     /* pages in the KV cache: valid ids are 0 .. this - 1 */
+  int32_t page_size;           /* tokens per page; must equal spec->page_size */
+  int32_t gqa;                 /* q heads per kv head */
+} pat_batch;
+
+typedef enum pat_sched_mode {
+  PAT_SCHED_PREFIX = 0,  /* packs share prefixes (the PAT schedule) */
+  PAT_SCHED_DIRECT = 1   /* one query per pack, KV split by the split policy (flash-decoding) */
+} pat_sched_mode;
+
+typedef struct pat_sched_opts {
+  const pat_spec *spec;  /* tiles, page size and split policy; not owned */
+  int num_sms;           /* multiprocessors of the GPU (132 on H100 SXM) */
+  int kv_heads;          /* CTAs = packs x kv_heads */
+  pat_sched_mode mode;
+} pat_sched_opts;
+
+/* Builds the plan of one batch. On success returns 0 and fills *plan (arrays owned by the
+** plan: free with pat_host_plan_free). On a bad batch or options returns -1, writes a
+** message naming the query (and position) at fault into err (always NUL-terminated when
+** errlen > 0) and leaves *plan zeroed. Packs come grouped by tile (plan->groups), each
+** query's slots are contiguous, a query with one split has slot -1 and no merge item.
+** Thread-safety: reentrant; no shared state, concurrent calls on distinct plans are safe. */
+int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
+                    char *err, size_t errlen);
+
+/* Returns the name of a mode ("prefix", "direct"); a static string. */
+const char *pat_sched_mode_name(pat_sched_mode mode);
+
+#endif
