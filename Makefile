@@ -6,7 +6,7 @@ Q          = $(if $(filter 1,$(V)),,@)
 
 WARN      = -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith \
             -Wformat=2 -Wundef -Wno-unused-parameter
-INCLUDES  = -iquote gen -iquote runtime -iquote build -iquote tests -isystem /usr/include/lua5.4 -isystem $(CUDA_HOME)/include
+INCLUDES  = -iquote gen -iquote runtime -iquote build -iquote tests -iquote bench -isystem /usr/include/lua5.4 -isystem $(CUDA_HOME)/include
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS = -std=c11 -D_GNU_SOURCE -fPIC -fvisibility=hidden $(WARN) $(INCLUDES) $(CFLAGS)
 SAN        = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -29,8 +29,9 @@ EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh)
 SPECS    = $(sort $(wildcard specs/*.yaml))
 
 OBJ      = $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
-CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC))
-SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC))
+HARNESS  = bench/harness.c
+CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
+SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
 .PHONY: all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
 all: bin/patgen build/libpat.a build/libpat.so
@@ -88,7 +89,7 @@ build/tests: $(SAN_OBJ)
 # The test binary also drives bin/patgen (CLI tests), so both are built first. GPU tests in
 # it skip, saying why, where there is no CUDA driver.
 test: bin/patgen build/tests check-generated compile-report
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
+	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
 
 # NVRTC-compiles every kernel of every spec for its archs (no GPU needed): registers, spills
 # and shared memory per kernel; fails on a compile error or a spill.

@@ -36,8 +36,12 @@ typedef struct pat_nvrtc_result {
   int static_smem_bytes;   /* bytes of static shared memory per block */
 } pat_nvrtc_result;
 
-/* Options every compilation gets, ahead of job->options and after --gpu-architecture. */
-#define PAT_NVRTC_FIXED_OPTIONS "-std=c++17", "-default-device", "--ptxas-options=-v", "-lineinfo"
+/* Options every compilation gets, ahead of job->options and after --gpu-architecture.
+** --ptxas-options=-v puts the resource report in the log. --no-cache (NVRTC 12.9+) turns off
+** NVRTC's use of the driver's compute cache (~/.nv/ComputeCache, only where libcuda is
+** present): a hit there skips ptxas and leaves the log empty, and pat caches CUBINs itself. */
+#define PAT_NVRTC_FIXED_OPTIONS \
+  "-std=c++17", "-default-device", "--ptxas-options=-v", "-lineinfo", "--no-cache"
 
 /* Compiles job->source for sm_<arch> to a CUBIN. On success fills *res (release it with
 ** pat_nvrtc_result_free) and returns 0. On failure returns -1, leaves *res empty (nothing

@@ -39,10 +39,6 @@ typedef struct fpack {   /* a final pack (one KV chunk of a bpack) */
   int32_t base, page_off, kv_len, tile;
 } fpack;
 
-typedef struct uentry {  /* a page seen by validation */
-  int32_t page, pos, query, partial;
-} uentry;
-
 typedef struct ctx {
   const pat_batch *b;
   const pat_sched_opts *o;
@@ -151,15 +147,6 @@ static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, s
               (int)q, (int)len, (int)b->block_table_stride, (int)b->page_size);
       return -1;
     }
-    const int32_t *row = b->block_table + (size_t)q * (size_t)b->block_table_stride;
-    int32_t np = (len + b->page_size - 1) / b->page_size;
-    for (int32_t i = 0; i < np; i++) {
-      if (row[i] < 0 || row[i] >= b->num_pages_total) {
-        set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
-                (int)q, (int)row[i], (int)i, (int)b->num_pages_total);
-        return -1;
-      }
-    }
   }
   return 0;
 }
@@ -180,7 +167,7 @@ static int build_tree(ctx *c)
     free(hkey); free(hval); free(gid); free(gcnt); free(tmp); free(gslot);
     return -1;
   }
-  memset(hkey, 0xff, hcap * sizeof *hkey);
+  memset(hval, 0xff, hcap * sizeof *hval);  /* -1: empty */
 
   node *nodes = c->nodes;
   int32_t nn = 1;
@@ -197,7 +184,8 @@ static int build_tree(ctx *c)
       int32_t lim = c->nf[q] - e < run ? c->nf[q] - e : run;
       const int32_t *rq = row_of(c, q) + e;
       int32_t r = 0;
-      while (r < lim && rq[r] == rl[r]) r++;
+      if (lim > 0 && memcmp(rq, rl, (size_t)lim * sizeof *rq) == 0) r = lim;
+      else while (r < lim && rq[r] == rl[r]) r++;
       run = r;
     }
     nd->npages = run;
@@ -209,12 +197,12 @@ static int build_tree(ctx *c)
       if (c->nf[q] == end) { gid[i - lo] = -1; nterm++; continue; }
       int32_t key = row_of(c, q)[end];
       size_t h = hash32((uint32_t)key) & (hcap - 1);
-      while (hkey[h] != -1 && hkey[h] != key) h = (h + 1) & (hcap - 1);
-      if (hkey[h] == -1) { hkey[h] = key; hval[h] = ng; gslot[ng] = h; gcnt[ng++] = 0; }
+      while (hval[h] >= 0 && hkey[h] != key) h = (h + 1) & (hcap - 1);
+      if (hval[h] < 0) { hkey[h] = key; hval[h] = ng; gslot[ng] = h; gcnt[ng++] = 0; }
       gid[i - lo] = hval[h];
       gcnt[hval[h]]++;
     }
-    for (int32_t g = 0; g < ng; g++) hkey[gslot[g]] = -1;  /* reset the map */
+    for (int32_t g = 0; g < ng; g++) hval[gslot[g]] = -1;  /* reset the map */
     nd->nterm = nterm;
     nd->child_lo = nn;
     nd->nchild = ng;
@@ -245,48 +233,85 @@ static int build_tree(ctx *c)
   return 0;
 }
 
-/* ---- uniqueness: each page once per query, shared pages at one position, partial last
-** pages never shared. One map entry per distinct page; work per tree page, not per row. */
-static int conflict(const ctx *c, const uentry *e, int32_t page, int32_t pos, int32_t q,
-                    int partial, char *err, size_t errlen)
+/* ---- page checks: ids in range, each page once per query, shared pages at one position,
+** partial last pages never shared. One table entry per distinct page of the tree (a page
+** shared by a node is looked at once, not once per query). Codes: position x 2 + partial. */
+
+/* Slow path, only on error: finds who uses `page` and says what is wrong. */
+static void report_conflict(const ctx *c, int32_t page, char *err, size_t errlen)
 {
-  const int32_t *rq = row_of(c, q), *re = row_of(c, e->query);
-  if (e->pos != pos && e->pos < num_pages_of(c, q) && rq[e->pos] == page) {
-    set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
-            (int)q, (int)page, (int)e->pos, (int)pos);
-    return -1;
+  int32_t fq = -1, fpos = -1, fpart = 0;
+  for (int32_t q = 0; q < c->n; q++) {
+    const int32_t *row = row_of(c, q);
+    int32_t np = num_pages_of(c, q), first = -1;
+    for (int32_t i = 0; i < np; i++) {
+      if (row[i] != page) continue;
+      if (first >= 0) {
+        set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
+                (int)q, (int)page, (int)first, (int)i);
+        return;
+      }
+      first = i;
+    }
+    if (first < 0) continue;
+    int part = first == c->nf[q];  /* the partial last page */
+    if (fq < 0) { fq = q; fpos = first; fpart = part; continue; }
+    if (part || fpart) {
+      int32_t pq = part ? q : fq, ppos = part ? first : fpos;
+      int32_t oq = part ? fq : q, opos = part ? fpos : first;
+      set_err(err, errlen,
+              "query %d: page %d is its partial last page (position %d) and is also used by "
+              "query %d at position %d; a partial page cannot be shared",
+              (int)pq, (int)page, (int)ppos, (int)oq, (int)opos);
+      return;
+    }
+    if (first != fpos) {
+      set_err(err, errlen,
+              "query %d: page %d at position %d is also used by query %d at position %d; a "
+              "shared page must hold the same tokens (same position) in every query",
+              (int)q, (int)page, (int)first, (int)fq, (int)fpos);
+      return;
+    }
   }
-  if (e->pos != pos && pos < num_pages_of(c, e->query) && re[pos] == page) {
-    set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
-            (int)e->query, (int)page, (int)e->pos, (int)pos);
-    return -1;
-  }
-  if (e->partial || partial) {
-    const uentry *pe = e;
-    uentry me = {page, pos, q, partial};
-    const uentry *other = &me;
-    if (!e->partial) { pe = &me; other = e; }
-    set_err(err, errlen,
-            "query %d: page %d is its partial last page (position %d) and is also used by "
-            "query %d at position %d; a partial page cannot be shared",
-            (int)pe->query, (int)page, (int)pe->pos, (int)other->query, (int)other->pos);
-    return -1;
-  }
-  set_err(err, errlen,
-          "query %d: page %d at position %d is also used by query %d at position %d; a "
-          "shared page must hold the same tokens (same position) in every query",
-          (int)q, (int)page, (int)pos, (int)e->query, (int)e->pos);
-  return -1;
+  set_err(err, errlen, "page %d: inconsistent use", (int)page);
+}
+
+typedef struct ptab {  /* page id -> code: a direct array, or an open-addressing map */
+  int direct;
+  size_t cap;
+  int32_t *key, *code;
+} ptab;
+
+/* Returns the slot of `page` (inserting it with code -1 when absent). */
+static int32_t *ptab_slot(ptab *t, int32_t page)
+{
+  if (t->direct) return &t->code[page];
+  size_t h = hash32((uint32_t)page) & (t->cap - 1);
+  while (t->code[h] != -1 && t->key[h] != page) h = (h + 1) & (t->cap - 1);
+  t->key[h] = page;
+  return &t->code[h];
 }
 
 static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   size_t total = (size_t)c->n;
   for (int32_t v = 0; v < c->num_nodes; v++) total += (size_t)c->nodes[v].npages;
-  size_t hcap = pow2_at_least(total * 2);
-  uentry *tab = malloc(hcap * sizeof *tab);
-  if (!tab) { set_err(err, errlen, "out of memory"); return -1; }
-  for (size_t i = 0; i < hcap; i++) tab[i].page = -1;
+  int32_t npt = c->b->num_pages_total;
+  ptab t = {0, 0, NULL, NULL};
+  if ((size_t)npt <= 4 * total) {
+    t.direct = 1;
+    t.cap = (size_t)npt;
+  } else {
+    t.cap = pow2_at_least(total * 2);
+    t.key = malloc(t.cap * sizeof *t.key);
+  }
+  t.code = malloc(t.cap * sizeof *t.code);
+  if (!t.code || (!t.direct && !t.key)) {
+    free(t.key); free(t.code);
+    set_err(err, errlen, "out of memory");
+    return -1;
+  }
+  memset(t.code, 0xff, t.cap * sizeof *t.code);
   int64_t full = 0, tails = 0;
   int rc = 0;
   for (int32_t v = 0; v < c->num_nodes && rc == 0; v++) {
@@ -295,28 +320,34 @@ static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t e
     const int32_t *row = row_of(c, q);
     for (int32_t i = 0; i < nd->npages; i++) {
       int32_t page = row[nd->pos + i], pos = nd->pos + i;
-      size_t h = hash32((uint32_t)page) & (hcap - 1);
-      while (tab[h].page != -1 && tab[h].page != page) h = (h + 1) & (hcap - 1);
-      if (tab[h].page == -1) {
-        tab[h] = (uentry){page, pos, q, 0};
-        full++;
-      } else if (tab[h].pos != pos || tab[h].partial) {
-        rc = conflict(c, &tab[h], page, pos, q, 0, err, errlen);
+      if (page < 0 || page >= npt) {
+        set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+                (int)q, (int)page, (int)pos, (int)npt);
+        rc = -1;
         break;
       }
+      int32_t *code = ptab_slot(&t, page);
+      if (*code == -1) { *code = pos * 2; full++; }
+      else if (*code != pos * 2) { report_conflict(c, page, err, errlen); rc = -1; break; }
     }
   }
   for (int32_t q = 0; q < c->n && rc == 0; q++) {
     int32_t tt = tail_tokens(c, q);
     if (tt == 0) continue;
     int32_t pos = c->nf[q], page = row_of(c, q)[pos];
-    size_t h = hash32((uint32_t)page) & (hcap - 1);
-    while (tab[h].page != -1 && tab[h].page != page) h = (h + 1) & (hcap - 1);
-    if (tab[h].page != -1) { rc = conflict(c, &tab[h], page, pos, q, 1, err, errlen); break; }
-    tab[h] = (uentry){page, pos, q, 1};
+    if (page < 0 || page >= npt) {
+      set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+              (int)q, (int)page, (int)pos, (int)npt);
+      rc = -1;
+      break;
+    }
+    int32_t *code = ptab_slot(&t, page);
+    if (*code != -1) { report_conflict(c, page, err, errlen); rc = -1; break; }
+    *code = pos * 2 + 1;
     tails += tt;
   }
-  free(tab);
+  free(t.key);
+  free(t.code);
   *unique_tokens = full * c->ps + tails;
   return rc;
 }
@@ -469,6 +500,15 @@ static void heap_down(const ctx *c, int32_t *h, int32_t n, int32_t i)
   }
 }
 
+/* Most chunks at page boundaries with every chunk >= min_kv tokens (the last chunk is the
+** shortest: it holds the partial page). */
+static void set_max_splits(const ctx *c, bpack *p, int32_t min_kv)
+{
+  int32_t shortfall = p->npages * c->ps - p->kv_len;
+  int32_t mp = (min_kv + shortfall + c->ps - 1) / c->ps;
+  p->max_s = p->npages / mp > 1 ? p->npages / mp : 1;
+}
+
 static int split_packs(ctx *c, int32_t *cnt)
 {
   const pat_split_policy *sp = &c->s->split;
@@ -477,19 +517,16 @@ static int split_packs(ctx *c, int32_t *cnt)
   int64_t ctas = (int64_t)(sp->ctas_per_sm > 0 ? sp->ctas_per_sm : 1) * c->o->num_sms;
   int64_t target = (ctas + c->o->kv_heads - 1) / c->o->kv_heads;
   int64_t total = 0, packs = c->nbp;
-  for (int32_t i = 0; i < c->nbp; i++) {
-    bpack *p = &c->bp[i];
-    int64_t shortfall = (int64_t)p->npages * c->ps - p->kv_len;
-    int64_t mp = (min_kv + shortfall + c->ps - 1) / c->ps;
-    p->max_s = (int32_t)(p->npages / mp > 1 ? p->npages / mp : 1);
-    total += p->kv_len;
-  }
+  for (int32_t i = 0; i < c->nbp; i++) total += c->bp[i].kv_len;
   /* 1. long packs: nothing longer than a balanced share of the grid */
   int64_t lcap = (total + target - 1) / target;
   if (lcap < min_kv) lcap = min_kv;
   for (int32_t i = 0; i < c->nbp; i++) {
     bpack *p = &c->bp[i];
-    if (p->kv_len <= lcap || p->max_s <= 1) continue;
+    p->max_s = 0;  /* not computed yet */
+    if (p->kv_len <= lcap) continue;
+    set_max_splits(c, p, (int32_t)min_kv);
+    if (p->max_s <= 1) continue;
     int64_t want = (p->kv_len + lcap - 1) / lcap;
     if (want > p->max_s) want = p->max_s;
     int32_t room = INT_MAX;
@@ -505,8 +542,10 @@ static int split_packs(ctx *c, int32_t *cnt)
   int32_t *h = malloc((size_t)c->nbp * sizeof *h);
   if (!h) return -1;
   int32_t hn = 0;
-  for (int32_t i = 0; i < c->nbp; i++)
+  for (int32_t i = 0; i < c->nbp; i++) {
+    if (c->bp[i].max_s == 0) set_max_splits(c, &c->bp[i], (int32_t)min_kv);
     if (can_split(c, &c->bp[i], cnt, max_splits)) h[hn++] = i;
+  }
   for (int32_t i = hn / 2 - 1; i >= 0; i--) heap_down(c, h, hn, i);
   while (packs < target && hn > 0) {
     bpack *p = &c->bp[h[0]];
@@ -540,9 +579,7 @@ static int pick_tile(const pat_spec *s, int rows, int T)
 
 static int ilog2(int32_t x)
 {
-  int r = 0;
-  while (x > 1) { x >>= 1; r++; }
-  return r;
+  return 31 - __builtin_clz((unsigned)x);
 }
 
 /* ---- assembly of the plan ---- */
@@ -579,7 +616,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     goto out;
 
   /* chunks of each base pack at page boundaries; the last holds the partial page */
-  int32_t f = 0;
+  int32_t f = 0, memo_nq = -1, memo_t = -1, memo_tile = 0;
   for (int32_t i = 0; i < c->nbp; i++) {
     const bpack *p = &c->bp[i];
     const int32_t *row = row_of(c, c->order[p->q_lo]);
@@ -589,7 +626,12 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     for (int32_t j = 0; j < p->splits; j++) {
       int32_t pg = base + (j < extra ? 1 : 0);
       int32_t T = pg * c->ps - (j + 1 == p->splits ? shortfall : 0);
-      int tile = pick_tile(s, p->nq * c->gqa, T);
+      if (p->nq != memo_nq || T != memo_t) {  /* packs come in runs of one shape */
+        memo_nq = p->nq;
+        memo_t = T;
+        memo_tile = pick_tile(s, p->nq * c->gqa, T);
+      }
+      int tile = memo_tile;
       fp[f] = (fpack){i, off, T, tile};
       key[f] = tile * 32 + (31 - ilog2(T));
       bucket[key[f] + 1]++;

@@ -202,7 +202,7 @@ static void add_query(rgen *g, int32_t plen, int32_t tail_tokens)
   g->row_off[g->nq] = g->rows_n;
   g->row_len[g->nq] = plen + extra;
   g->seq[g->nq] = plen * g->ps + tail_tokens;
-  memcpy(g->rows + g->rows_n, g->path, (size_t)plen * sizeof *g->path);
+  if (plen > 0) memcpy(g->rows + g->rows_n, g->path, (size_t)plen * sizeof *g->path);
   for (int32_t i = 0; i < extra; i++) g->rows[g->rows_n + plen + i] = g->next_page++;
   g->rows_n += plen + extra;
   g->nq++;

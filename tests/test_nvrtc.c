@@ -37,7 +37,7 @@ static pat_nvrtc_job tiny_job(int arch)
   return job;
 }
 
-static void compile_tiny(int arch)
+static void compile_tiny_once(int arch)
 {
   pat_nvrtc_job job = tiny_job(arch);
   pat_nvrtc_result res;
@@ -58,6 +58,13 @@ static void compile_tiny(int arch)
   pat_nvrtc_result_free(&res);
   cr_assert_null(res.cubin);
   pat_nvrtc_result_free(&res);  /* twice is fine */
+}
+
+static void compile_tiny(int arch)
+{
+  /* Twice: a second, identical compilation must still run ptxas and report resources. */
+  for (int round = 0; round < 2; round++)
+    compile_tiny_once(arch);
 }
 
 Test(nvrtc, compiles_sm80)
@@ -148,7 +155,7 @@ Test(nvrtc, options_string)
   char buf[512];
   size_t n = pat_nvrtc_options_string(&job, buf, sizeof buf);
   cr_assert_str_eq(buf, "--gpu-architecture=sm_80 -std=c++17 -default-device "
-                        "--ptxas-options=-v -lineinfo -DX=1");
+                        "--ptxas-options=-v -lineinfo --no-cache -DX=1");
   cr_assert_eq(n, strlen(buf));
   char small[10];
   cr_assert_eq(pat_nvrtc_options_string(&job, small, sizeof small), n);

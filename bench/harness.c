@@ -1,0 +1,375 @@
+/* harness.c: random inputs, reference check and timing of pat_forward for one workload. */
+#include "harness.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cuda_driver.h"
+#include "internal.h"
+
+struct harness {
+  pat_context *ctx;
+  const pat_cuda *cu;
+  const pat_workload *w;
+  int q_heads, kv_heads, head_dim, bf16;
+  size_t q_elems, kv_elems;
+  uint16_t *hq, *hk, *hv, *hout;  /* host copies of the inputs (dtype bits) and the output */
+  CUdeviceptr q, k, v, out, flush;
+  size_t flush_bytes;
+};
+
+static float half_to_float(uint16_t h)
+{
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: normalise */
+      exp = 127 - 15 + 1;
+      while (!(man & 0x400)) {
+        man <<= 1;
+        exp--;
+      }
+      bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000 | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* Round to nearest even; inputs here are in (-2, 2), far from overflow and subnormals. */
+static uint16_t float_to_half(float f)
+{
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  int exp = (int)((x >> 23) & 0xff) - 127 + 15;
+  uint32_t man = x & 0x7fffff;
+  if (exp <= 0) return (uint16_t)sign; /* flush tiny values: not produced here */
+  uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+  uint32_t rest = man & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) h++;
+  return (uint16_t)h;
+}
+
+static float bf16_to_float(uint16_t b)
+{
+  uint32_t x = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+static uint16_t float_to_bf16(float f)
+{
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  x += 0x7fff + ((x >> 16) & 1);
+  return (uint16_t)(x >> 16);
+}
+
+static float to_float(const harness *h, uint16_t v) { return h->bf16 ? bf16_to_float(v) : half_to_float(v); }
+
+/* Uniform in [-1, 1) from a splitmix64 stream. */
+static float next_uniform(uint64_t *s)
+{
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (2.0f / 16777216.0f) - 1.0f;
+}
+
+typedef struct fill_job {
+  uint16_t *dst;
+  size_t n;
+  uint64_t seed;
+  int bf16;
+} fill_job;
+
+static void *fill_chunk(void *arg)
+{
+  fill_job *j = arg;
+  uint64_t s = j->seed;
+  for (size_t i = 0; i < j->n; i++) {
+    float f = next_uniform(&s);
+    j->dst[i] = j->bf16 ? float_to_bf16(f) : float_to_half(f);
+  }
+  return NULL;
+}
+
+/* Fresh uniform values in [-1, 1): one independent stream per chunk, chunks in parallel
+** (caches of several GB take seconds on one core). Deterministic for a seed. */
+static void fill_random(const harness *h, uint16_t *dst, size_t n, uint64_t seed)
+{
+  enum { CHUNKS = 64 };
+  fill_job jobs[CHUNKS];
+  pthread_t th[CHUNKS];
+  size_t per = (n + CHUNKS - 1) / CHUNKS;
+  int started[CHUNKS] = {0};
+  for (int c = 0; c < CHUNKS; c++) {
+    size_t at = (size_t)c * per;
+    jobs[c] = (fill_job){dst + (at < n ? at : n), at < n ? (n - at < per ? n - at : per) : 0,
+                         seed * 0x9e3779b97f4a7c15ull + (uint64_t)c * 0x632be59bd9b4e019ull, h->bf16};
+    started[c] = pthread_create(&th[c], NULL, fill_chunk, &jobs[c]) == 0;
+    if (!started[c]) fill_chunk(&jobs[c]);
+  }
+  for (int c = 0; c < CHUNKS; c++)
+    if (started[c]) pthread_join(th[c], NULL);
+}
+
+#define CK(call) PAT_CU(h->cu, call, err, errlen)
+
+harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
+                        uint64_t seed, char *err, size_t errlen)
+{
+  harness *h = calloc(1, sizeof *h);
+  if (!h) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  h->ctx = ctx;
+  h->cu = ctx->cu;
+  h->w = w;
+  h->q_heads = q_heads;
+  h->kv_heads = kv_heads;
+  h->head_dim = ctx->spec.head_dim;
+  h->bf16 = ctx->spec.dtype == PAT_BF16;
+  h->q_elems = (size_t)w->num_queries * q_heads * h->head_dim;
+  h->kv_elems = (size_t)w->num_pages * w->page_size * kv_heads * h->head_dim;
+  h->hq = malloc(h->q_elems * 2);
+  h->hout = malloc(h->q_elems * 2);
+  h->hk = malloc(h->kv_elems * 2);
+  h->hv = malloc(h->kv_elems * 2);
+  if (!h->hq || !h->hout || !h->hk || !h->hv) {
+    snprintf(err, errlen, "out of host memory for %zu KV elements", h->kv_elems);
+    harness_destroy(h);
+    return NULL;
+  }
+  fill_random(h, h->hq, h->q_elems, seed * 3 + 1);
+  fill_random(h, h->hk, h->kv_elems, seed * 3 + 2);
+  fill_random(h, h->hv, h->kv_elems, seed * 3 + 3);
+  h->flush_bytes = (size_t)256 << 20; /* several times any L2 */
+  if (CK(h->cu->cuCtxSetCurrent(ctx->cuctx)) || CK(h->cu->cuMemAlloc(&h->q, h->q_elems * 2)) ||
+      CK(h->cu->cuMemAlloc(&h->out, h->q_elems * 2)) || CK(h->cu->cuMemAlloc(&h->k, h->kv_elems * 2)) ||
+      CK(h->cu->cuMemAlloc(&h->v, h->kv_elems * 2)) || CK(h->cu->cuMemAlloc(&h->flush, h->flush_bytes)) ||
+      CK(h->cu->cuMemcpyHtoD(h->q, h->hq, h->q_elems * 2)) ||
+      CK(h->cu->cuMemcpyHtoD(h->k, h->hk, h->kv_elems * 2)) ||
+      CK(h->cu->cuMemcpyHtoD(h->v, h->hv, h->kv_elems * 2))) {
+    harness_destroy(h);
+    return NULL;
+  }
+  return h;
+}
+
+void harness_destroy(harness *h)
+{
+  if (!h) return;
+  if (h->cu) {
+    h->cu->cuCtxSetCurrent(h->ctx->cuctx);
+    CUdeviceptr bufs[] = {h->q, h->out, h->k, h->v, h->flush};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+      if (bufs[i]) h->cu->cuMemFree(bufs[i]);
+  }
+  free(h->hq);
+  free(h->hk);
+  free(h->hv);
+  free(h->hout);
+  free(h);
+}
+
+/* fp32 attention of one query (all heads) over its tokens, in double accumulation. */
+static void reference_query(const harness *h, int qi, float *out)
+{
+  const pat_workload *w = h->w;
+  const int D = h->head_dim, G = h->q_heads / h->kv_heads, len = w->seq_lens[qi];
+  const double scale = 1.0 / sqrt((double)D);
+  double *s = malloc(sizeof(double) * (size_t)len);
+  double *o = malloc(sizeof(double) * (size_t)D);
+  for (int head = 0; head < h->q_heads; head++) {
+    const uint16_t *q = h->hq + ((size_t)qi * h->q_heads + head) * D;
+    const int kvh = head / G;
+    double mx = -INFINITY;
+    for (int t = 0; t < len; t++) {
+      int32_t page = w->block_table[(size_t)qi * w->stride + t / w->page_size];
+      size_t off = (((size_t)page * w->page_size + t % w->page_size) * h->kv_heads + kvh) * D;
+      double acc = 0;
+      for (int d = 0; d < D; d++) acc += (double)to_float(h, q[d]) * to_float(h, h->hk[off + d]);
+      s[t] = acc * scale;
+      if (s[t] > mx) mx = s[t];
+    }
+    double l = 0;
+    for (int d = 0; d < D; d++) o[d] = 0;
+    for (int t = 0; t < len; t++) {
+      int32_t page = w->block_table[(size_t)qi * w->stride + t / w->page_size];
+      size_t off = (((size_t)page * w->page_size + t % w->page_size) * h->kv_heads + kvh) * D;
+      double p = exp(s[t] - mx);
+      l += p;
+      for (int d = 0; d < D; d++) o[d] += p * to_float(h, h->hv[off + d]);
+    }
+    for (int d = 0; d < D; d++) out[(size_t)head * D + d] = (float)(o[d] / l);
+  }
+  free(s);
+  free(o);
+}
+
+static double now_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+  float x = *(const float *)a, y = *(const float *)b;
+  return (x > y) - (x < y);
+}
+
+int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r, char *err,
+                size_t errlen)
+{
+  memset(r, 0, sizeof *r);
+  const pat_workload *w = h->w;
+  pat_batch_desc b = {.num_queries = w->num_queries, .seq_lens = w->seq_lens,
+                      .block_table = w->block_table, .block_table_stride = w->stride,
+                      .num_pages = w->num_pages, .q_heads = h->q_heads, .kv_heads = h->kv_heads,
+                      .mode = mode};
+  pat_plan *plan = NULL;
+  pat_status st = pat_plan_create(h->ctx, &b, NULL, &plan);
+  if (st) {
+    snprintf(err, errlen, "pat_plan_create: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
+    return -1;
+  }
+  pat_plan_get_info(plan, &r->info);
+  r->plan_us = r->info.build_us;
+  pat_tensors t = {.q = h->q, .k_cache = h->k, .v_cache = h->v, .out = h->out};
+  CUevent e0 = NULL, e1 = NULL;
+  float *times = NULL, *ref = NULL;
+  int rc = -1;
+  /* Poison: 0xffff is a NaN in fp16 and bf16. */
+  if (CK(h->cu->cuMemsetD8(h->out, 0xff, h->q_elems * 2))) goto done;
+  st = pat_forward(h->ctx, plan, &t, 0, 0, NULL);
+  if (st) {
+    snprintf(err, errlen, "pat_forward: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
+    goto done;
+  }
+  if (CK(h->cu->cuCtxSynchronize()) || CK(h->cu->cuMemcpyDtoH(h->hout, h->out, h->q_elems * 2)))
+    goto done;
+
+  const int D = h->head_dim, nq = w->num_queries;
+  int step = (max_check > 0 && nq > max_check) ? (nq + max_check - 1) / max_check : 1;
+  ref = malloc(sizeof(float) * (size_t)h->q_heads * D);
+  double num = 0, den = 0;
+  for (int qi = 0; qi < nq; qi++) {
+    const uint16_t *o = h->hout + (size_t)qi * h->q_heads * D;
+    for (int i = 0; i < h->q_heads * D; i++)
+      if (!isfinite(to_float(h, o[i]))) r->nonfinite++;
+    if (qi % step) continue;
+    reference_query(h, qi, ref);
+    r->checked_queries++;
+    for (int i = 0; i < h->q_heads * D; i++) {
+      double e = fabs((double)to_float(h, o[i]) - ref[i]);
+      if (!isfinite(e)) continue;
+      if (e > r->max_abs_err) r->max_abs_err = e;
+      num += e * e;
+      den += (double)ref[i] * ref[i];
+    }
+  }
+  r->rel_err = den > 0 ? sqrt(num / den) : 0;
+
+  if (iters > 0) {
+    times = malloc(sizeof(float) * (size_t)iters);
+    if (CK(h->cu->cuEventCreate(&e0, CU_EVENT_DEFAULT)) || CK(h->cu->cuEventCreate(&e1, CU_EVENT_DEFAULT)))
+      goto done;
+    for (int i = 0; i < 5; i++)
+      if (pat_forward(h->ctx, plan, &t, 0, 0, NULL)) goto done;
+    for (int i = 0; i < iters; i++) {
+      /* Evict the KV cache from L2 so every run reads HBM, as a real decode step does. */
+      if (CK(h->cu->cuMemsetD32(h->flush, (unsigned)i, h->flush_bytes / 4)) ||
+          CK(h->cu->cuEventRecord(e0, NULL)))
+        goto done;
+      if (pat_forward(h->ctx, plan, &t, 0, 0, NULL)) goto done;
+      if (CK(h->cu->cuEventRecord(e1, NULL)) || CK(h->cu->cuEventSynchronize(e1)) ||
+          CK(h->cu->cuEventElapsedTime(&times[i], e0, e1)))
+        goto done;
+    }
+    qsort(times, (size_t)iters, sizeof *times, cmp_float);
+    r->median_us = times[iters / 2] * 1e3;
+    r->min_us = times[0] * 1e3;
+    /* Plan build time: median of a few rebuilds (host only). */
+    double best[9];
+    for (int i = 0; i < 9; i++) {
+      pat_plan *p2 = NULL;
+      double t0 = now_us();
+      pat_plan_create(h->ctx, &b, NULL, &p2);
+      best[i] = now_us() - t0;
+      pat_plan_info pi;
+      if (p2 && !pat_plan_get_info(p2, &pi)) best[i] = pi.build_us;
+      pat_plan_destroy(p2);
+    }
+    for (int i = 0; i < 9; i++)
+      for (int j = i + 1; j < 9; j++)
+        if (best[j] < best[i]) {
+          double x = best[i];
+          best[i] = best[j];
+          best[j] = x;
+        }
+    r->plan_us = best[4];
+  }
+  rc = 0;
+done:
+  if (e0) h->cu->cuEventDestroy(e0);
+  if (e1) h->cu->cuEventDestroy(e1);
+  free(times);
+  free(ref);
+  pat_plan_destroy(plan);
+  return rc;
+}
+
+double harness_copy_bandwidth(pat_context *ctx)
+{
+  const pat_cuda *cu = ctx->cu;
+  size_t n = (size_t)1 << 30;
+  CUdeviceptr a = 0, b = 0;
+  CUevent e0 = NULL, e1 = NULL;
+  double best = 0;
+  char err[256];
+  size_t errlen = sizeof err;
+  const harness hh = {.cu = cu}, *h = &hh;
+  if (CK(cu->cuCtxSetCurrent(ctx->cuctx)) || CK(cu->cuMemAlloc(&a, n)) || CK(cu->cuMemAlloc(&b, n)) ||
+      CK(cu->cuEventCreate(&e0, 0)) || CK(cu->cuEventCreate(&e1, 0)))
+    goto done;
+  cu->cuMemsetD8(a, 1, n);
+  for (int i = 0; i < 12; i++) {
+    float ms = 0;
+    cu->cuEventRecord(e0, NULL);
+    cu->cuMemcpyDtoD(b, a, n);
+    cu->cuEventRecord(e1, NULL);
+    cu->cuEventSynchronize(e1);
+    cu->cuEventElapsedTime(&ms, e0, e1);
+    double bw = 2.0 * (double)n / (ms * 1e-3);
+    if (i >= 2 && bw > best) best = bw;
+  }
+done:
+  if (a) cu->cuMemFree(a);
+  if (b) cu->cuMemFree(b);
+  if (e0) cu->cuEventDestroy(e0);
+  if (e1) cu->cuEventDestroy(e1);
+  return best;
+}
+
+double harness_floor_bytes(const harness *h)
+{
+  double kv = (double)h->w->unique_tokens * h->kv_heads * h->head_dim * 2 * 2;
+  return kv + 2.0 * (double)h->q_elems * 2;
+}

@@ -1,0 +1,44 @@
+/* harness.h: runs a workload through libpat on the GPU with random inputs: checks the output
+** against the CPU reference, times it, and measures the copy bandwidth for the floor. Used by
+** the GPU tests, `patgen run` and the benchmark. */
+#ifndef PAT_HARNESS_H
+#define PAT_HARNESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pat.h"
+#include "tree.h"
+
+typedef struct harness harness;  /* device buffers for one workload and head shape */
+
+typedef struct harness_result {
+  double median_us, min_us;   /* pat_forward, CUDA events, L2 flushed before each run */
+  double rel_err;             /* ||out - ref|| / ||ref|| over the checked queries */
+  double max_abs_err;
+  long long nonfinite;        /* outputs still poisoned (NaN) or inf: must be 0 */
+  int checked_queries;
+  pat_plan_info info;
+  double plan_us;             /* pat_plan_create host time (median of the plans built) */
+} harness_result;
+
+/* Uploads random q and KV caches (fresh, seeded) for workload w with the given heads into
+** ctx's device. Returns NULL with a message in err on failure. */
+harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
+                        uint64_t seed, char *err, size_t errlen);
+void harness_destroy(harness *h);
+
+/* Plans w in `mode`, poisons out with NaN, runs pat_forward once and checks every query
+** (or an evenly spread sample of max_check queries, 0 = all) against the CPU reference;
+** then, when iters > 0, times iters runs after a warm-up. Returns 0, or -1 with a message. */
+int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r,
+                char *err, size_t errlen);
+
+/* Device-to-device copy bandwidth in bytes/s (read + written) over a 1 GiB buffer. */
+double harness_copy_bandwidth(pat_context *ctx);
+
+/* Unique bytes the workload must move: unique KV tokens x kv heads x head_dim x 2 (K, V) x
+** element size, plus q and out. */
+double harness_floor_bytes(const harness *h);
+
+#endif

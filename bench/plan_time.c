@@ -1,0 +1,120 @@
+/* plan_time.c: times pat_sched_build (median of 200 builds) on the paper's trees and on
+** random-shaped batches of 64/256/1024 queries; prints microseconds and read/unique KV.
+** Build: cc -std=c11 -D_GNU_SOURCE -O2 -Igen -Iruntime runtime/sched.c runtime/tree.c \
+**        bench/plan_time.c -o build/plan_time */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sched.h"
+#include "tree.h"
+
+#define REPS 200
+
+static const char *const trees[] = {
+  "1,10_4096,416", "1,256_256,32", "1,1024_2048,32", "1,2,64_1024,256,256",
+  "1,4,256_32,256,32", "1,8,512_32,512,256", "1,8,512_32,2048,256", "1,8,512_512,512,256",
+  "1,4,8,256_32,256,256,32", "1,4,16,512_1024,256,128,32",
+  "1,4,16,64,256,1024_256,32,256,64,32,256", "1,16,32,64,128,1024_256,128,64,32,32,32",
+  "1,16,32,64,256,1024_256,128,64,32,32,32", "1,8,16,32,64,128,1024_256,128,64,32,32,32,32",
+  "1,8,16,32,64,256,1024_256,128,64,32,32,32,32", "2,8,16,256_256,256,32,32",
+  "4,16,256,512_512,32,128,32", "8,16,32,256_512,512,256,32", "256_1024", "256_4096",
+};
+
+static double now_us(void)
+{
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static void make_spec(pat_spec *s)
+{
+  memset(s, 0, sizeof *s);
+  strcpy(s->name, "bench");
+  s->head_dim = 128;
+  s->page_size = 32;
+  const int mn[4][3] = {{16, 32, 1}, {32, 64, 2}, {64, 64, 4}, {64, 128, 4}};
+  for (int i = 0; i < 4; i++) {
+    s->tiles[i].m = mn[i][0];
+    s->tiles[i].n = mn[i][1];
+    s->tiles[i].warps = mn[i][2];
+    s->tiles[i].stages = 2;
+  }
+  s->num_tiles = 4;
+  s->split = (pat_split_policy){256, 16, 2};
+}
+
+static void run(const char *label, const pat_workload *w, const pat_spec *spec, int gqa, int kvh)
+{
+  pat_batch b = pat_workload_batch(w, gqa);
+  pat_sched_opts o;
+  memset(&o, 0, sizeof o);
+  o.spec = spec;
+  o.num_sms = 132;
+  o.kv_heads = kvh;
+  o.mode = PAT_SCHED_PREFIX;
+  double t[REPS];
+  char err[256];
+  pat_host_plan p;
+  for (int r = 0; r < REPS; r++) {
+    double t0 = now_us();
+    if (pat_sched_build(&b, &o, &p, err, sizeof err)) { fprintf(stderr, "%s: %s\n", label, err); exit(1); }
+    t[r] = now_us() - t0;
+    if (r + 1 < REPS) pat_host_plan_free(&p);
+  }
+  qsort(t, REPS, sizeof t[0], cmp_double);
+  printf("%-48s q=%5d gqa=%d  %8.1f us  packs=%5d merges=%5d  read/unique=%.3f\n", label,
+         w->num_queries, gqa, t[REPS / 2], p.num_packs, p.num_merges,
+         (double)p.kv_tokens_read / (double)p.kv_tokens_unique);
+  pat_host_plan_free(&p);
+}
+
+int main(void)
+{
+  pat_spec spec;
+  make_spec(&spec);
+  char err[256];
+  for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) {
+    pat_workload w;
+    if (pat_tree_parse(trees[i], 32, 1, &w, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    run(trees[i], &w, &spec, 1, 32);
+    run(trees[i], &w, &spec, 8, 8);
+    pat_workload_free(&w);
+  }
+  static const int sizes[] = {64, 256, 1024};
+  for (int i = 0; i < 3; i++) {
+    pat_random_tree_opts ro;
+    memset(&ro, 0, sizeof ro);
+    ro.max_depth = 4;
+    ro.max_fanout = 16;
+    ro.max_queries = sizes[i];
+    ro.max_pages = 1 << 20;
+    ro.max_node_pages = 16;
+    ro.max_leaf_tokens = 512;
+    pat_workload w;
+    uint64_t seed = 1;
+    do {  /* a random tree that reaches the query count */
+      pat_tree_random(seed++, &ro, 32, &w, err, sizeof err);
+      if (w.num_queries == sizes[i]) break;
+      pat_workload_free(&w);
+    } while (seed < 1000);
+    char label[64];
+    snprintf(label, sizeof label, "random tree, %d queries", sizes[i]);
+    run(label, &w, &spec, 4, 8);
+    pat_workload_free(&w);
+    /* no sharing, 2048 tokens each */
+    snprintf(label, sizeof label, "%d_2048", sizes[i]);
+    if (pat_tree_parse(label, 32, 1, &w, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    run(label, &w, &spec, 4, 8);
+    pat_workload_free(&w);
+  }
+  return 0;
+}

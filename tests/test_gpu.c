@@ -1,0 +1,209 @@
+/* test_gpu.c: every kernel path on the GPU against the CPU fp32 reference, on fresh random
+** data with the output poisoned first. Without a CUDA driver every test skips, saying why. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_driver.h"
+#include "harness.h"
+#include "pat.h"
+#include "tree.h"
+
+/* Tolerances on ||out - ref|| / ||ref||: the output is rounded to the dtype, and P is rounded
+** to the dtype before the P.V product, so bf16 (8 mantissa bits) gets the looser bound. */
+#define TOL_FP16 5e-3
+#define TOL_BF16 3e-2
+
+static void skip_without_gpu(void)
+{
+  const pat_cuda *cu;
+  char err[512];
+  if (pat_cuda_load(&cu, err, sizeof err)) cr_skip_test("GPU test skipped: %s", err);
+}
+
+/* Writes a spec file under build/gpu_specs and returns its path (static buffer). */
+static const char *write_spec(const char *name, const char *dtype, int head_dim, int page,
+                              const char *gqa, const char *tiles)
+{
+  static char path[256];
+  cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
+  snprintf(path, sizeof path, "build/gpu_specs/%s.yaml", name);
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fprintf(f, "name: %s\ndtype: %s\nhead_dim: %d\npage_size: %d\ngqa: %s\ntiles: %s\n"
+             "split: {min_kv_per_split: 64, max_splits: 16, ctas_per_sm: 2}\narchs: [sm_90]\n",
+          name, dtype, head_dim, page, gqa, tiles);
+  fclose(f);
+  return path;
+}
+
+static pat_context *open_ctx(const char *spec_path)
+{
+  pat_context_desc d = {.spec_path = spec_path, .cache_dir = "build/gpu_cache"};
+  pat_context *ctx = NULL;
+  char err[8192];
+  pat_status st = pat_context_create(&d, &ctx, err, sizeof err);
+  cr_assert_eq(st, PAT_OK, "pat_context_create(%s): %s: %s", spec_path, pat_status_string(st), err);
+  return ctx;
+}
+
+/* Runs one workload in both modes and checks it; returns the number of checks made. */
+static int check_workload(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
+                          double tol, const char *what, int max_check)
+{
+  char err[4096];
+  harness *h = harness_create(ctx, w, q_heads, kv_heads, (uint64_t)w->num_queries * 131 + q_heads, err, sizeof err);
+  cr_assert_not_null(h, "%s: %s", what, err);
+  for (int mode = 0; mode < 2; mode++) {
+    harness_result r;
+    cr_assert_eq(harness_run(h, (pat_mode)mode, max_check, 0, &r, err, sizeof err), 0, "%s: %s", what, err);
+    cr_expect_eq(r.nonfinite, 0, "%s %s: %lld outputs not written or not finite", what,
+                 mode ? "direct" : "prefix", r.nonfinite);
+    cr_expect(r.rel_err < tol, "%s %s: rel_err %.3e >= %.1e (max abs %.3e)", what,
+              mode ? "direct" : "prefix", r.rel_err, tol, r.max_abs_err);
+    cr_log_info("%s %s: %d queries, %d packs, %d merges, rel_err %.2e\n", what,
+                mode ? "direct" : "prefix", w->num_queries, r.info.num_packs, r.info.num_merges, r.rel_err);
+  }
+  harness_destroy(h);
+  return 2;
+}
+
+/* Random trees (ragged leaves, shuffled pages) for every GQA ratio of a spec. */
+static void random_trees(const char *spec_path, int page, const int *gqas, int ngqa, double tol,
+                         int trees_per_gqa)
+{
+  pat_context *ctx = open_ctx(spec_path);
+  for (int g = 0; g < ngqa; g++) {
+    for (int t = 0; t < trees_per_gqa; t++) {
+      pat_random_tree_opts o = {.max_depth = 4, .max_fanout = 12, .max_queries = 48,
+                                .max_pages = 400, .max_node_pages = 6, .max_leaf_tokens = 3 * page};
+      pat_workload w;
+      char err[512], what[128];
+      uint64_t seed = 1000u * (uint64_t)gqas[g] + (uint64_t)t;
+      cr_assert_eq(pat_tree_random(seed, &o, page, &w, err, sizeof err), 0, "%s", err);
+      int kv_heads = gqas[g] >= 8 ? 2 : 4;
+      snprintf(what, sizeof what, "%s gqa %d tree %d", spec_path, gqas[g], t);
+      check_workload(ctx, &w, kv_heads * gqas[g], kv_heads, tol, what, 0);
+      pat_workload_free(&w);
+    }
+  }
+  pat_context_destroy(ctx);
+}
+
+static const int ALL_GQA[] = {1, 2, 4, 5, 7, 8, 16};
+#define DTYPE_CASE(NAME, DT, HD, PG, TILES, TOL)                                            \
+  Test(gpu, NAME, .timeout = 600)                                                           \
+  {                                                                                         \
+    skip_without_gpu();                                                                     \
+    const char *p = write_spec(#NAME, DT, HD, PG, "[1, 2, 4, 5, 7, 8, 16]", TILES);         \
+    random_trees(p, PG, ALL_GQA, 7, TOL, 2);                                                \
+  }
+
+#define TILES_64_128 "[{m: 16, n: 64, warps: 4, stages: 3}, {m: 64, n: 64, warps: 4, stages: 2}]"
+#define TILES_256 "[{m: 16, n: 64, warps: 4, stages: 2}, {m: 64, n: 32, warps: 4, stages: 2}]"
+
+DTYPE_CASE(fp16_d64_p16, "fp16", 64, 16, TILES_64_128, TOL_FP16)
+DTYPE_CASE(fp16_d64_p32, "fp16", 64, 32, TILES_64_128, TOL_FP16)
+DTYPE_CASE(fp16_d128_p16, "fp16", 128, 16, TILES_64_128, TOL_FP16)
+DTYPE_CASE(fp16_d128_p32, "fp16", 128, 32, TILES_64_128, TOL_FP16)
+DTYPE_CASE(fp16_d256_p16, "fp16", 256, 16, TILES_256, TOL_FP16)
+DTYPE_CASE(fp16_d256_p32, "fp16", 256, 32, TILES_256, TOL_FP16)
+DTYPE_CASE(bf16_d64_p16, "bf16", 64, 16, TILES_64_128, TOL_BF16)
+DTYPE_CASE(bf16_d64_p32, "bf16", 64, 32, TILES_64_128, TOL_BF16)
+DTYPE_CASE(bf16_d128_p16, "bf16", 128, 16, TILES_64_128, TOL_BF16)
+DTYPE_CASE(bf16_d128_p32, "bf16", 128, 32, TILES_64_128, TOL_BF16)
+DTYPE_CASE(bf16_d256_p16, "bf16", 256, 16, TILES_256, TOL_BF16)
+DTYPE_CASE(bf16_d256_p32, "bf16", 256, 32, TILES_256, TOL_BF16)
+
+/* Every tile of specs/paper.yaml alone (so the scheduler must use it), GQA 1, 2, 4, 8. */
+Test(gpu, paper_tiles_each, .timeout = 900)
+{
+  skip_without_gpu();
+  static const int ms[] = {16, 32, 64}, ns[] = {16, 32, 64, 128};
+  static const int gq[] = {1, 2, 4, 8};
+  for (int i = 0; i < 3; i++) {
+    for (int j = 0; j < 4; j++) {
+      char name[64], tiles[128];
+      snprintf(name, sizeof name, "paper_m%d_n%d", ms[i], ns[j]);
+      snprintf(tiles, sizeof tiles, "[{m: %d, n: %d, warps: %d, stages: 2}]", ms[i], ns[j], ms[i] / 16);
+      random_trees(write_spec(name, "fp16", 128, 32, "[1, 2, 4, 8]", tiles), 32, gq, 4, TOL_FP16, 1);
+    }
+  }
+}
+
+/* The paper's 20 trees x 4 head configurations with the paper spec (checked on a sample of
+** up to 24 queries each; every output is checked for being written). */
+static const char *const PAPER_TREES[] = {
+  "1,10_4096,416", "1,256_256,32", "1,1024_2048,32", "1,2,64_1024,256,256", "1,4,256_32,256,32",
+  "1,8,512_32,512,256", "1,8,512_32,2048,256", "1,8,512_512,512,256", "1,4,8,256_32,256,256,32",
+  "1,4,16,512_1024,256,128,32", "1,4,16,64,256,1024_256,32,256,64,32,256",
+  "1,16,32,64,128,1024_256,128,64,32,32,32", "1,16,32,64,256,1024_256,128,64,32,32,32",
+  "1,8,16,32,64,128,1024_256,128,64,32,32,32,32", "1,8,16,32,64,256,1024_256,128,64,32,32,32,32",
+  "2,8,16,256_256,256,32,32", "4,16,256,512_512,32,128,32", "8,16,32,256_512,512,256,32",
+  "256_1024", "256_4096"};
+
+Test(gpu, paper_trees_all_heads, .timeout = 1200)
+{
+  skip_without_gpu();
+  pat_context *ctx = open_ctx("specs/paper.yaml");
+  static const int heads[][2] = {{32, 32}, {16, 8}, {32, 8}, {64, 8}};
+  for (size_t i = 0; i < sizeof PAPER_TREES / sizeof *PAPER_TREES; i++) {
+    pat_workload w;
+    char err[512];
+    cr_assert_eq(pat_tree_parse(PAPER_TREES[i], 32, 5 + i, &w, err, sizeof err), 0, "%s", err);
+    for (int c = 0; c < 4; c++) {
+      char what[160];
+      snprintf(what, sizeof what, "%s %d/%d", PAPER_TREES[i], heads[c][0], heads[c][1]);
+      check_workload(ctx, &w, heads[c][0], heads[c][1], TOL_FP16, what, 24);
+    }
+    pat_workload_free(&w);
+  }
+  pat_context_destroy(ctx);
+}
+
+/* Two contexts (two specs) side by side in one process, used alternately. */
+Test(gpu, two_contexts_side_by_side, .timeout = 600)
+{
+  skip_without_gpu();
+  pat_context *a = open_ctx("specs/llama3_8b.yaml");
+  pat_context *b = open_ctx("specs/qwen2_7b_bf16.yaml");
+  pat_workload w;
+  char err[512];
+  cr_assert_eq(pat_tree_parse("1,8_512,100", 16, 3, &w, err, sizeof err), 0, "%s", err);
+  check_workload(a, &w, 32, 8, TOL_FP16, "llama3_8b", 0);
+  check_workload(b, &w, 28, 4, TOL_BF16, "qwen2_7b_bf16", 0);
+  check_workload(a, &w, 32, 8, TOL_FP16, "llama3_8b again", 0);
+  pat_workload_free(&w);
+  pat_context_destroy(b);
+  pat_context_destroy(a);
+}
+
+/* Bad input gets a status and a message, and nothing runs. */
+Test(gpu, bad_batches_are_refused, .timeout = 300)
+{
+  skip_without_gpu();
+  pat_context *ctx = open_ctx("specs/default.yaml");
+  int32_t lens[2] = {40, 70}, table[2][4] = {{0, 1, -1, -1}, {2, 3, 4, -1}};
+  pat_batch_desc b = {.num_queries = 2, .seq_lens = lens, .block_table = &table[0][0],
+                      .block_table_stride = 4, .num_pages = 5, .q_heads = 32, .kv_heads = 8};
+  pat_plan *p = NULL;
+  cr_assert_eq(pat_plan_create(ctx, &b, NULL, &p), PAT_OK, "%s", pat_last_error(ctx));
+  pat_plan_destroy(p);
+  pat_batch_desc bad = b;
+  bad.num_pages = 4; /* page 4 out of range */
+  cr_expect_eq(pat_plan_create(ctx, &bad, NULL, &p), PAT_ERR_INVALID_ARG);
+  cr_expect(strlen(pat_last_error(ctx)) > 0);
+  bad = b;
+  bad.q_heads = 24; /* GQA 3: not built */
+  cr_expect_eq(pat_plan_create(ctx, &bad, NULL, &p), PAT_ERR_SPEC);
+  bad = b;
+  bad.num_queries = 0;
+  cr_expect_eq(pat_plan_create(ctx, &bad, NULL, &p), PAT_ERR_INVALID_ARG);
+  int32_t long_lens[2] = {40, 200}; /* beyond 3 x 32 tokens of its row */
+  bad = b;
+  bad.seq_lens = long_lens;
+  cr_expect_eq(pat_plan_create(ctx, &bad, NULL, &p), PAT_ERR_INVALID_ARG);
+  cr_expect(strstr(pat_last_error(ctx), "1") != NULL, "names the query: %s", pat_last_error(ctx));
+  pat_context_destroy(ctx);
+}
