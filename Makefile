@@ -33,7 +33,7 @@ HARNESS  = bench/harness.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
-.PHONY: all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
+.PHONY: gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
 all: bin/patgen build/libpat.a build/libpat.so
 
 help:
@@ -95,6 +95,22 @@ test: bin/patgen build/tests check-generated compile-report
 # and shared memory per kernel; fails on a compile error or a spill.
 compile-report: bin/patgen
 	$(Q)for s in $(SPECS); do bin/patgen compile $$s || exit 1; done
+
+# A bundle for a GPU machine that has no Criterion, Lua or libyaml: unsanitised test binary
+# (ASan and the CUDA driver do not mix), patgen, the benchmark and the shared libraries the
+# machine may lack, all under build/gpu/. tests/gpu_run.sh runs it there.
+GPU_SKIP_LIBS = linux-vdso ld-linux libc.so libm.so libdl libpthread librt libz.so libcrypto \
+                libresolv libkrb5 libgssapi libk5crypto libcom_err libkeyutils libpcre2 libffi \
+                libnvrtc libstdc libgcc
+TEST_OBJ = $(patsubst %.c,build/obj/%.o,$(TEST_SRC) $(HARNESS))
+gpu-bundle: bin/patgen build/libpat.so $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
+	@mkdir -p build/gpu/lib
+	$(Q)$(CC) -o build/gpu/tests $(TEST_OBJ) $(OBJ) $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
+	$(Q)cp bin/patgen build/gpu/
+	$(Q)if [ -f bench/patbench.c ]; then $(MAKE) -s bin/patbench && cp bin/patbench build/gpu/; fi
+	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
+	  xargs -r -I{} cp -L {} build/gpu/lib/
+	@echo "gpu-bundle: build/gpu ($$(du -sh build/gpu | cut -f1)); run tests/gpu_run.sh on the GPU machine"
 
 generate: bin/patgen
 	$(Q)for s in $(SPECS); do n=$$(basename $$s .yaml); \

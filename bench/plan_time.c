@@ -94,18 +94,18 @@ int main(void)
     pat_random_tree_opts ro;
     memset(&ro, 0, sizeof ro);
     ro.max_depth = 4;
-    ro.max_fanout = 16;
+    ro.max_fanout = 32;
     ro.max_queries = sizes[i];
     ro.max_pages = 1 << 20;
     ro.max_node_pages = 16;
     ro.max_leaf_tokens = 512;
     pat_workload w;
     uint64_t seed = 1;
-    do {  /* a random tree that reaches the query count */
-      pat_tree_random(seed++, &ro, 32, &w, err, sizeof err);
-      if (w.num_queries == sizes[i]) break;
+    for (;;) {  /* a random tree that reaches the query count */
+      if (pat_tree_random(seed++, &ro, 32, &w, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+      if (w.num_queries == sizes[i] || seed > 10000) break;
       pat_workload_free(&w);
-    } while (seed < 1000);
+    }
     char label[64];
     snprintf(label, sizeof label, "random tree, %d queries", sizes[i]);
     run(label, &w, &spec, 4, 8);

@@ -23,6 +23,8 @@ typedef struct node {
   int32_t nterm;      /* order[q_lo .. q_lo + nterm): queries whose full pages end here */
   int32_t child_lo;   /* children: nodes child_lo .. child_lo + nchild - 1 */
   int32_t nchild;
+  int32_t tails_pos;     /* terminal queries with a partial last page */
+  double tails_sum;      /* their partial tokens */
   double own_b, own_s;   /* cost of "own packs" as a line in the inherited prefix tokens */
   double push_b, push_s; /* cost of "push down" (tangent at 0 inherited tokens) */
 } node;
@@ -184,23 +186,30 @@ static int build_tree(ctx *c)
       int32_t lim = c->nf[q] - e < run ? c->nf[q] - e : run;
       const int32_t *rq = row_of(c, q) + e;
       int32_t r = 0;
-      if (lim > 0 && memcmp(rq, rl, (size_t)lim * sizeof *rq) == 0) r = lim;
+      if (lim > 8 && memcmp(rq, rl, (size_t)lim * sizeof *rq) == 0) r = lim;
       else while (r < lim && rq[r] == rl[r]) r++;
       run = r;
     }
     nd->npages = run;
     int32_t end = e + run;
     /* partition: queries ending here first, then groups by the page at `end` */
-    int32_t nterm = 0, ng = 0;
+    int32_t nterm = 0, ng = 0, last_key = 0, last_gid = 0;
     for (int32_t i = lo; i < hi; i++) {
       int32_t q = c->order[i];
       if (c->nf[q] == end) { gid[i - lo] = -1; nterm++; continue; }
       int32_t key = row_of(c, q)[end];
+      if (ng > 0 && key == last_key) {  /* rows sharing a prefix are usually adjacent */
+        gid[i - lo] = last_gid;
+        gcnt[last_gid]++;
+        continue;
+      }
       size_t h = hash32((uint32_t)key) & (hcap - 1);
       while (hval[h] >= 0 && hkey[h] != key) h = (h + 1) & (hcap - 1);
       if (hval[h] < 0) { hkey[h] = key; hval[h] = ng; gslot[ng] = h; gcnt[ng++] = 0; }
       gid[i - lo] = hval[h];
       gcnt[hval[h]]++;
+      last_key = key;
+      last_gid = hval[h];
     }
     for (int32_t g = 0; g < ng; g++) hval[gslot[g]] = -1;  /* reset the map */
     nd->nterm = nterm;
@@ -365,11 +374,12 @@ static double line_min_slope(const node *nd, double x)
   return a < p ? nd->own_s : nd->push_s;
 }
 
-/* A query's own last pack when `x` inherited tokens reach it: x + its partial page. */
-static double tail_cost(const ctx *c, int32_t q, double x)
+/* The last packs of a node's terminal queries when `x` inherited tokens reach them: one pack
+** per query of x + its partial page (none where that is empty). */
+static double tails_cost(const ctx *c, const node *nd, double x)
 {
-  double t = x + tail_tokens(c, q);
-  return t > 0 ? t * c->ctok1 + c->cpack1 : 0.0;
+  if (x > 0) return (nd->nterm * x + nd->tails_sum) * c->ctok1 + nd->nterm * c->cpack1;
+  return nd->tails_sum * c->ctok1 + nd->tails_pos * c->cpack1;
 }
 
 static void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int *mr)
@@ -393,12 +403,16 @@ static void compute_costs(ctx *c)
       pb += line_min(ch, L);
       psl += line_min_slope(ch, L);
     }
+    nd->tails_pos = 0;
+    nd->tails_sum = 0;
     for (int32_t i = 0; i < nd->nterm; i++) {
-      int32_t q = c->order[nd->q_lo + i];
-      below0 += tail_cost(c, q, 0);
-      pb += tail_cost(c, q, L);
-      psl += c->ctok1;
+      int32_t tt = tail_tokens(c, c->order[nd->q_lo + i]);
+      nd->tails_pos += tt > 0;
+      nd->tails_sum += tt;
     }
+    below0 += tails_cost(c, nd, 0);
+    pb += tails_cost(c, nd, L);
+    psl += nd->nterm * c->ctok1;
     nd->push_b = pb;
     nd->push_s = psl;
     if (nq >= 2 && nd->npages > 0) {
@@ -442,7 +456,7 @@ static int emit_prefix(ctx *c, int32_t *inh, int32_t *sa)
     if (nd->own_b < COST_INF && sa[v] + 2 <= max_splits) {
       double pe = 0;
       for (int32_t i = 0; i < nd->nchild; i++) pe += line_min(&c->nodes[nd->child_lo + i], P + L);
-      for (int32_t i = 0; i < nd->nterm; i++) pe += tail_cost(c, c->order[nd->q_lo + i], P + L);
+      pe += tails_cost(c, nd, P + L);
       own = nd->own_b + nd->own_s * P < pe;
     }
     int32_t next = inh[v], nsa = sa[v];
