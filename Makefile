@@ -33,7 +33,7 @@ HARNESS  = bench/harness.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
-.PHONY: gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
+.PHONY: test-only gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
 all: bin/patgen build/libpat.a build/libpat.so
 
 help:
@@ -43,6 +43,7 @@ help:
 	@echo "make generate        regenerate generated/ from specs/"
 	@echo "make check-generated fail if generated/ differs from a fresh generation"
 	@echo "make test            all tests (GPU tests skip without a GPU driver)"
+	@echo "make gpu-bundle      build/gpu: tests and tools for a GPU machine (tests/gpu_run.sh)"
 	@echo "make goldens         rewrite tests/golden/ from the current templates"
 
 deps:
@@ -88,7 +89,11 @@ build/tests: $(SAN_OBJ)
 
 # The test binary also drives bin/patgen (CLI tests), so both are built first. GPU tests in
 # it skip, saying why, where there is no CUDA driver.
-test: bin/patgen build/tests check-generated compile-report
+test:
+	@$(MAKE) -s deps
+	@$(MAKE) test-only
+
+test-only: bin/patgen build/tests check-generated compile-report
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
 
 # NVRTC-compiles every kernel of every spec for its archs (no GPU needed): registers, spills
@@ -126,7 +131,13 @@ check-generated: bin/patgen
 goldens: bin/patgen
 	$(Q)rm -rf tests/golden && bin/patgen tests/golden.yaml -o tests/golden
 
-run: bin/patgen build/libpat.so
+# The default job: generate and NVRTC-compile the default spec's kernels, then run a decode
+# workload on the GPU (prefix-aware and direct, checked and timed); without a GPU it says so.
+run:
+	@$(MAKE) -s deps
+	@$(MAKE) -s bin/patgen build/libpat.so
+	bin/patgen specs/default.yaml -o build/default
+	bin/patgen compile specs/default.yaml
 	bin/patgen run specs/default.yaml
 
 clean:

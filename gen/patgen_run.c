@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 #include "pat.h"
@@ -69,7 +70,10 @@ int patgen_cmd_run(int argc, char **argv)
          pat_dtype_name(spec.dtype), spec.head_dim, spec.page_size, spec.num_tiles, spec.num_gqa);
   pat_context_desc d = {.spec_path = a.spec, .progress = 1};
   pat_context *ctx = NULL;
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   pat_status st = pat_context_create(&d, &ctx, err, sizeof err);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
   if (st == PAT_ERR_NO_DRIVER) {
     printf("%s: %s\n", pat_status_string(st), err);
     printf("no GPU here: kernels were generated; compile them without a GPU with "
@@ -83,7 +87,9 @@ int patgen_cmd_run(int argc, char **argv)
   char name[128];
   int sms = 0, arch = 0;
   pat_context_device(ctx, &sms, &arch, name, sizeof name);
-  printf("device: %s (sm_%d, %d SMs); kernels compiled or loaded from the cache\n", name, arch, sms);
+  printf("device: %s (sm_%d, %d SMs); context with %d kernels ready in %.0f ms (NVRTC or disk cache)\n",
+         name, arch, sms, spec.num_tiles * spec.num_gqa + 1,
+         (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, 42, &w, err, sizeof err)) {
     fprintf(stderr, "patgen: tree '%s': %s\n", a.tree, err);
