@@ -19,7 +19,11 @@ static void skip_without_gpu(void)
 {
   const pat_cuda *cu;
   char err[512];
-  if (pat_cuda_load(&cu, err, sizeof err)) cr_skip_test("GPU test skipped: %s", err);
+  if (pat_cuda_load(&cu, err, sizeof err)) {
+    /* Printed as well as reported: a non-verbose run shows no skip messages. */
+    fprintf(stderr, "[SKIP] gpu::%s: %s\n", criterion_current_test->name, err);
+    cr_skip_test("GPU test skipped: %s", err);
+  }
 }
 
 /* Writes a spec file under build/gpu_specs and returns its path (static buffer). */
