@@ -76,8 +76,8 @@ int patgen_cmd_run(int argc, char **argv)
   clock_gettime(CLOCK_MONOTONIC, &t1);
   if (st == PAT_ERR_NO_DRIVER) {
     printf("%s: %s\n", pat_status_string(st), err);
-    printf("no GPU here: kernels were generated; compile them without a GPU with "
-           "'patgen compile %s'\n", a.spec);
+    printf("no GPU here: nothing to run; 'patgen %s -o DIR' and 'patgen compile %s' work "
+           "without one\n", a.spec, a.spec);
     return 0;
   }
   if (st) {

@@ -42,15 +42,17 @@ static const char *write_spec(const char *name, const char *dtype, int head_dim,
   return path;
 }
 
-static pat_context *open_ctx(const char *spec_path)
+static pat_context *open_ctx_mode(const char *spec_path, int lazy)
 {
-  pat_context_desc d = {.spec_path = spec_path, .cache_dir = "build/gpu_cache"};
+  pat_context_desc d = {.spec_path = spec_path, .cache_dir = "build/gpu_cache", .lazy = lazy};
   pat_context *ctx = NULL;
   char err[8192];
   pat_status st = pat_context_create(&d, &ctx, err, sizeof err);
   cr_assert_eq(st, PAT_OK, "pat_context_create(%s): %s: %s", spec_path, pat_status_string(st), err);
   return ctx;
 }
+
+static pat_context *open_ctx(const char *spec_path) { return open_ctx_mode(spec_path, 0); }
 
 /* Runs one workload in both modes and checks it; returns the number of checks made. */
 static int check_workload(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
@@ -166,12 +168,13 @@ Test(gpu, paper_trees_all_heads, .timeout = 1200)
   pat_context_destroy(ctx);
 }
 
-/* Two contexts (two specs) side by side in one process, used alternately. */
+/* Two contexts (two specs) side by side in one process, used alternately; the second
+** compiles its kernels lazily, on first use. */
 Test(gpu, two_contexts_side_by_side, .timeout = 600)
 {
   skip_without_gpu();
   pat_context *a = open_ctx("specs/llama3_8b.yaml");
-  pat_context *b = open_ctx("specs/qwen2_7b_bf16.yaml");
+  pat_context *b = open_ctx_mode("specs/qwen2_7b_bf16.yaml", 1);
   pat_workload w;
   char err[512];
   cr_assert_eq(pat_tree_parse("1,8_512,100", 16, 3, &w, err, sizeof err), 0, "%s", err);
@@ -209,5 +212,19 @@ Test(gpu, bad_batches_are_refused, .timeout = 300)
   bad.seq_lens = long_lens;
   cr_expect_eq(pat_plan_create(ctx, &bad, NULL, &p), PAT_ERR_INVALID_ARG);
   cr_expect(strstr(pat_last_error(ctx), "1") != NULL, "names the query: %s", pat_last_error(ctx));
+
+  /* A plan with splits needs workspace: too little, or misaligned, is refused before launch. */
+  int32_t one_len = 2048, one_row[64];
+  for (int i = 0; i < 64; i++) one_row[i] = i;
+  pat_batch_desc split = {.num_queries = 1, .seq_lens = &one_len, .block_table = one_row,
+                          .block_table_stride = 64, .num_pages = 64, .q_heads = 32, .kv_heads = 8,
+                          .mode = PAT_MODE_DIRECT};
+  cr_assert_eq(pat_plan_create(ctx, &split, NULL, &p), PAT_OK, "%s", pat_last_error(ctx));
+  size_t need = pat_plan_workspace_size(p);
+  cr_expect(need > 0, "a 2048-token query is split");
+  pat_tensors t = {.q = 256, .k_cache = 256, .v_cache = 256, .out = 256};
+  cr_expect_eq(pat_forward(ctx, p, &t, 4096, need - 16, NULL), PAT_ERR_WORKSPACE);
+  cr_expect_eq(pat_forward(ctx, p, &t, 4100, need, NULL), PAT_ERR_INVALID_ARG);
+  pat_plan_destroy(p);
   pat_context_destroy(ctx);
 }
