@@ -41,6 +41,8 @@ struct pat_decode {
   static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem)
   {
     const pat_pack pk = p.packs[blockIdx.x];
+    // An empty pack pads a launch to a fixed grid (CUDA graphs replay fixed grids).
+    if (pk.num_queries == 0) return;
     const int kvh = blockIdx.y;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_m = warp % C::WARPS_M, warp_n = warp / C::WARPS_M;

@@ -9,6 +9,7 @@ template <class E, int HEAD_DIM>
 __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
 {
   const pat_merge_item item = p.items[blockIdx.x];
+  if (item.num_splits == 0) return;  // padding of a fixed-size grid
   const int n = p.q_heads * (HEAD_DIM / 4);
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int head = i / (HEAD_DIM / 4), c = (i % (HEAD_DIM / 4)) * 4;

@@ -7,7 +7,7 @@
 ** counted from the first token of the pack's first page. */
 typedef struct pat_pack {
   int query_begin;  /* index of its first entry in pack_queries */
-  int num_queries;  /* num_queries x GQA <= tile M */
+  int num_queries;  /* num_queries x GQA <= tile M; 0: an empty pack (padding), skipped */
   int page_begin;   /* index of its first page id in pages */
   int kv_len;       /* tokens attended to, 1 .. pages x PAGE_SIZE */
 } pat_pack;
@@ -22,7 +22,7 @@ typedef struct pat_pack_query {
 typedef struct pat_merge_item {
   int query;
   int slot_begin;
-  int num_splits;
+  int num_splits;  /* 0: padding, skipped */
 } pat_merge_item;
 
 typedef struct pat_fwd_params {
