@@ -34,7 +34,7 @@ CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
 .PHONY: test-only gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
-all: bin/patgen build/libpat.a build/libpat.so
+all: bin/patgen bin/patbench build/libpat.a build/libpat.so
 
 help:
 	@echo "make deps            install the Debian packages pat needs (apt-get)"
@@ -78,6 +78,10 @@ build/libpat.a: $(OBJ)
 build/libpat.so: $(OBJ)
 	$(Q)$(CC) -shared -o $@ $^ $(SO_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 	$(Q)cp -L $(LUA_SO) build/
+
+bin/patbench: build/obj/bench/patbench.o build/obj/bench/harness.o build/libpat.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 
 bin/patgen: $(CLI_OBJ) build/libpat.a
 	@mkdir -p $(@D)

@@ -9,8 +9,11 @@ int pat_tile_threads(const pat_tile *t) { return 32 * t->warps; }
 
 static int dtype_bytes(pat_dtype d) { (void)d; return 2; }
 
+enum { PAGE_WINDOW_BYTES = 256 * 4 };  /* decode.cuh's PAGE_WINDOW page ids */
+
 /*
 ** Layout of the forward kernel's dynamic shared memory:
+**   page ids    the first 256 page ids of the pack (int32);
 **   Q tile      M x HEAD_DIM elements, loaded once;
 **   K, V ring   STAGES x 2 x N x HEAD_DIM elements, the cp.async pipeline;
 ** and, reusing the ring once the KV loop is over, the epilogue that combines the warps that
@@ -22,7 +25,7 @@ int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t)
   int q = t->m * s->head_dim * e;
   int ring = t->stages * 2 * t->n * s->head_dim * e;
   int epilogue = t->warps * 16 * (s->head_dim + 2) * 4;
-  return q + (ring > epilogue ? ring : epilogue);
+  return PAGE_WINDOW_BYTES + q + (ring > epilogue ? ring : epilogue);
 }
 
 int pat_arch_smem_limit(int arch)

@@ -108,7 +108,8 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
                            .o_stride = o_stride, .q_heads = plan->q_heads};
     void *args[] = {&mp};
     const pat_kernel_src *k = &ctx->src.kernels[mi];
-    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)h->num_merges, 1, 1, (unsigned)k->threads,
+    unsigned head_groups = (unsigned)(plan->q_heads + k->threads / 32 - 1) / (unsigned)(k->threads / 32);
+    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)h->num_merges, head_groups, 1, (unsigned)k->threads,
                                       1, 1, 0, caller, args, NULL), e, el))
       return PAT_ERR_CUDA;
   }

@@ -20,11 +20,14 @@ struct pat_decode {
   static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
   static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
   static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
-  // Dynamic shared memory: the Q tile, then the K/V ring, which the epilogue reuses for
-  // per-warp fp32 outputs and row statistics. gen/tile.c computes the same number.
+  static constexpr int LOAD_ITERS = (C::TILE_N * CHUNKS + THREADS - 1) / THREADS;  // per thread
+  static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  // Dynamic shared memory: the page-id window, the Q tile, then the K/V ring, which the
+  // epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c computes the
+  // same number.
   static constexpr int RING_BYTES = C::STAGES * 2 * KV_TILE * 2;
   static constexpr int EPILOGUE_BYTES = THREADS / 32 * 16 * (D + 2) * 4;
-  static constexpr int SMEM_BYTES = C::TILE_M * D * 2 +
+  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + C::TILE_M * D * 2 +
       (RING_BYTES > EPILOGUE_BYTES ? RING_BYTES : EPILOGUE_BYTES);
 
   static_assert(C::TILE_M == 16 * C::WARPS_M, "one warp per 16 rows");
@@ -49,11 +52,19 @@ struct pat_decode {
     const int rows = pk.num_queries * C::GQA;
     const bool warp_active = warp_m * 16 < rows;  // warp-uniform: rows past the pack are padding
 
-    u16 *sQ = reinterpret_cast<u16 *>(smem);
+    int *s_pages = reinterpret_cast<int *>(smem);
+    u16 *sQ = reinterpret_cast<u16 *>(smem + PAGE_WINDOW * 4);
     u16 *ring = sQ + C::TILE_M * D;
     const u16 *q = static_cast<const u16 *>(p.q);
     const u16 *kc = static_cast<const u16 *>(p.k_cache);
     const u16 *vc = static_cast<const u16 *>(p.v_cache);
+
+    // Stage: the pack's first PAGE_WINDOW page ids into shared memory, so that issuing a
+    // tile's copies never waits on a page-table read.
+    const int kv_len = pk.kv_len;
+    const int *pages = p.pages + pk.page_begin;
+    const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
+    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
 
     // Stage: Q rows of the pack (row = query x GQA + head in group) into shared memory.
     for (int i = tid; i < C::TILE_M * CHUNKS; i += THREADS) {
@@ -68,19 +79,21 @@ struct pat_decode {
       cp_async16(smem_u32(sQ + swz(r, c)), src, bytes);
     }
 
-    // K and V tile `step` into ring slot `slot`; tokens past kv_len are zero-filled.
-    const int kv_len = pk.kv_len;
-    const int *pages = p.pages + pk.page_begin;
+    // K and V tile `step` into ring slot `slot`; tokens past kv_len are zero-filled. Page ids
+    // come from the shared-memory window (global memory past it).
     auto load_kv = [&](int slot, int step) {
       u16 *sK = ring + slot * 2 * KV_TILE;
       u16 *sV = sK + KV_TILE;
-      for (int i = tid; i < C::TILE_N * CHUNKS; i += THREADS) {
-        const int r = i / CHUNKS, c = i % CHUNKS;
+#pragma unroll 8
+      for (int k = 0; k < LOAD_ITERS; k++) {
+        const int i = tid + k * THREADS, r = i / CHUNKS, c = i % CHUNKS;
+        if (LOAD_ITERS * THREADS > C::TILE_N * CHUNKS && i >= C::TILE_N * CHUNKS) break;
         const int t = step * C::TILE_N + r;
         long long off = 0;
         int bytes = 0;
         if (t < kv_len) {
-          const long long page = pages[t / C::PAGE_SIZE];
+          const int pi = t / C::PAGE_SIZE;
+          const long long page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
           off = ((page * C::PAGE_SIZE + t % C::PAGE_SIZE) * p.kv_heads + kvh) * D + c * 8;
           bytes = 16;
         }
@@ -88,6 +101,8 @@ struct pat_decode {
         cp_async16(smem_u32(sV + swz(r, c)), vc + off, bytes);
       }
     };
+
+    __syncthreads();  // the page window is written
 
     // Stage: pipeline prologue, STAGES-1 tiles in flight (Q rides in the first group).
     const int steps = (kv_len + C::TILE_N - 1) / C::TILE_N;

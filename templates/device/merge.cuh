@@ -1,27 +1,33 @@
 // merge.cuh: combines a query's partial results (one per split) by their log2-sum-exp2.
-// One CTA per merge item; each thread produces 4 consecutive elements of one head.
+// One warp per (query, head): block (item, group of 4 heads), lanes over the head's elements.
 #pragma once
 
 #include "pat/params.h"
 #include "pat/mma.cuh"
 
+enum { PAT_MERGE_HEADS_PER_CTA = 4 };  // blockDim.x = 32 x this
+
 template <class E, int HEAD_DIM>
 __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
 {
   const pat_merge_item item = p.items[blockIdx.x];
-  if (item.num_splits == 0) return;  // padding of a fixed-size grid
-  const int n = p.q_heads * (HEAD_DIM / 4);
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int head = i / (HEAD_DIM / 4), c = (i % (HEAD_DIM / 4)) * 4;
-    float m = __int_as_float(0xff800000);
-    for (int s = 0; s < item.num_splits; s++)
-      m = fmaxf(m, p.part_lse[(long long)(item.slot_begin + s) * p.q_heads + head]);
+  const int head = blockIdx.y * PAT_MERGE_HEADS_PER_CTA + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (item.num_splits == 0 || head >= p.q_heads) return;  // padding of a fixed-size grid
+  const float *lse = p.part_lse + (long long)item.slot_begin * p.q_heads + head;
+  const float *po = p.part_o + ((long long)item.slot_begin * p.q_heads + head) * HEAD_DIM;
+  const long long split_stride = (long long)p.q_heads * HEAD_DIM;
+  // Every lane reads the same LSEs (broadcast loads); the max keeps exp2 in range.
+  float m = __int_as_float(0xff800000);
+#pragma unroll 4
+  for (int s = 0; s < item.num_splits; s++) m = fmaxf(m, lse[(long long)s * p.q_heads]);
+#pragma unroll
+  for (int c = lane * 4; c < HEAD_DIM; c += 128) {
     float l = 0.f;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 4
     for (int s = 0; s < item.num_splits; s++) {
-      const long long at = (long long)(item.slot_begin + s) * p.q_heads + head;
-      const float w = fast_exp2(p.part_lse[at] - m);
-      const float4 v = *reinterpret_cast<const float4 *>(p.part_o + at * HEAD_DIM + c);
+      const float w = fast_exp2(lse[(long long)s * p.q_heads] - m);
+      const float4 v = *reinterpret_cast<const float4 *>(po + s * split_stride + c);
       l += w;
       acc.x += v.x * w; acc.y += v.y * w; acc.z += v.z * w; acc.w += v.w * w;
     }
