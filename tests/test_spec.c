@@ -72,11 +72,13 @@ Test(spec, defaults)
   cr_expect_eq(s.page_size, 32);
   cr_assert_eq(s.num_gqa, 4);
   cr_expect(s.gqa[0] == 1 && s.gqa[1] == 2 && s.gqa[2] == 4 && s.gqa[3] == 8);
-  cr_assert_eq(s.num_tiles, 2);
-  cr_expect(s.tiles[0].m == 16 && s.tiles[0].n == 64 && s.tiles[0].warps == 4 &&
-            s.tiles[0].stages == 3);
-  cr_expect(s.tiles[1].m == 64 && s.tiles[1].n == 64 && s.tiles[1].warps == 4 &&
-            s.tiles[1].stages == 2);
+  cr_assert_eq(s.num_tiles, 5);
+  cr_expect(s.tiles[0].m == 16 && s.tiles[0].n == 32 && s.tiles[0].warps == 2 &&
+            s.tiles[0].stages == 2);
+  cr_expect(s.tiles[1].m == 16 && s.tiles[1].n == 64 && s.tiles[1].warps == 4 &&
+            s.tiles[1].stages == 3);
+  cr_expect(s.tiles[4].m == 128 && s.tiles[4].n == 64 && s.tiles[4].warps == 8 &&
+            s.tiles[4].stages == 2);
   cr_expect_eq(s.split.min_kv_per_split, 256);
   cr_expect_eq(s.split.max_splits, 64);
   cr_expect_eq(s.split.ctas_per_sm, 2);
