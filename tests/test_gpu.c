@@ -228,3 +228,25 @@ Test(gpu, bad_batches_are_refused, .timeout = 300)
   pat_plan_destroy(p);
   pat_context_destroy(ctx);
 }
+
+/* A pack longer than the kernel's shared-memory page window (256 page ids): the page ids
+** past the window are read from global memory. One query of 10000 tokens in 16-token pages
+** (625 pages), never split. */
+Test(gpu, long_pack_beyond_page_window, .timeout = 300)
+{
+  skip_without_gpu();
+  const char *path = "build/gpu_specs/one_split.yaml";
+  cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fprintf(f, "name: one_split\npage_size: 16\ngqa: [4]\ntiles: [{m: 16, n: 64, warps: 4, stages: 3}]\n"
+             "split: {min_kv_per_split: 16384, max_splits: 1, ctas_per_sm: 1}\narchs: [sm_90]\n");
+  fclose(f);
+  pat_context *ctx = open_ctx(path);
+  pat_workload w;
+  char err[512];
+  cr_assert_eq(pat_tree_parse("2_10000", 16, 9, &w, err, sizeof err), 0, "%s", err);
+  check_workload(ctx, &w, 32, 8, TOL_FP16, "10000-token packs", 0);
+  pat_workload_free(&w);
+  pat_context_destroy(ctx);
+}
