@@ -42,12 +42,12 @@ help:
 	@echo "make run             generate + compile the default spec, run a default decode workload"
 	@echo "make generate        regenerate generated/ from specs/"
 	@echo "make check-generated fail if generated/ differs from a fresh generation"
-	@echo "make test            all tests (GPU tests skip without a GPU driver)"
+	@echo "make test            all tests, C and Python (GPU tests skip without a GPU driver)"
 	@echo "make gpu-bundle      build/gpu: tests and tools for a GPU machine (tests/gpu_run.sh)"
 	@echo "make goldens         rewrite tests/golden/ from the current templates"
 
 deps:
-	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev; do \
+	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev python3-pytest; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -97,8 +97,11 @@ test:
 	@$(MAKE) -s deps
 	@$(MAKE) test-only
 
-test-only: bin/patgen build/tests check-generated compile-report
+# Debian's python3 (python3-pytest) runs the binding's tests; torch and GPU tests skip there.
+PYTEST_PY ?= /usr/bin/python3
+test-only: bin/patgen build/tests build/libpat.so check-generated compile-report
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
+	$(PYTEST_PY) -m pytest python/tests -q -rs -p no:cacheprovider
 
 # NVRTC-compiles every kernel of every spec for its archs (no GPU needed): registers, spills
 # and shared memory per kernel; fails on a compile error or a spill.
