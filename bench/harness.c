@@ -16,6 +16,7 @@ struct harness {
   const pat_cuda *cu;
   const pat_workload *w;
   int q_heads, kv_heads, head_dim, bf16;
+  int32_t max_queries, max_pages, page_size;  /* what the buffers hold */
   size_t q_elems, kv_elems;
   uint16_t *hq, *hk, *hv, *hout;  /* host copies of the inputs (dtype bits) and the output */
   CUdeviceptr q, k, v, out, flush;
@@ -129,8 +130,10 @@ static void fill_random(const harness *h, uint16_t *dst, size_t n, uint64_t seed
 
 #define CK(call) PAT_CU(h->cu, call, err, errlen)
 
-harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
-                        uint64_t seed, char *err, size_t errlen)
+/* Buffers for max_queries queries and max_pages pages; h->w set by the caller. */
+static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t max_queries, int32_t max_pages,
+                             int32_t page_size, int q_heads, int kv_heads, uint64_t seed, char *err,
+                             size_t errlen)
 {
   harness *h = calloc(1, sizeof *h);
   if (!h) {
@@ -144,8 +147,11 @@ harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, in
   h->kv_heads = kv_heads;
   h->head_dim = ctx->spec.head_dim;
   h->bf16 = ctx->spec.dtype == PAT_BF16;
-  h->q_elems = (size_t)w->num_queries * q_heads * h->head_dim;
-  h->kv_elems = (size_t)w->num_pages * w->page_size * kv_heads * h->head_dim;
+  h->max_queries = max_queries;
+  h->max_pages = max_pages;
+  h->page_size = page_size;
+  h->q_elems = (size_t)max_queries * q_heads * h->head_dim;
+  h->kv_elems = (size_t)max_pages * page_size * kv_heads * h->head_dim;
   h->hq = malloc(h->q_elems * 2);
   h->hout = malloc(h->q_elems * 2);
   h->hk = malloc(h->kv_elems * 2);
@@ -169,6 +175,52 @@ harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, in
     return NULL;
   }
   return h;
+}
+
+harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
+                        uint64_t seed, char *err, size_t errlen)
+{
+  return create_sized(ctx, w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, seed, err, errlen);
+}
+
+harness *harness_create_sized(pat_context *ctx, int32_t max_queries, int32_t max_pages, int q_heads,
+                              int kv_heads, uint64_t seed, char *err, size_t errlen)
+{
+  if (max_queries < 1 || max_pages < 1) {
+    snprintf(err, errlen, "harness_create_sized: %d queries, %d pages", max_queries, max_pages);
+    return NULL;
+  }
+  return create_sized(ctx, NULL, max_queries, max_pages, ctx->spec.page_size, q_heads, kv_heads, seed, err,
+                      errlen);
+}
+
+int harness_set_workload(harness *h, const pat_workload *w, char *err, size_t errlen)
+{
+  if (w->num_queries > h->max_queries || w->num_pages > h->max_pages || w->page_size != h->page_size) {
+    snprintf(err, errlen, "workload of %d queries, %d pages of %d tokens; the harness holds %d, %d of %d",
+             w->num_queries, w->num_pages, w->page_size, h->max_queries, h->max_pages, h->page_size);
+    return -1;
+  }
+  h->w = w;
+  return 0;
+}
+
+void harness_tensors(const harness *h, pat_tensors *t)
+{
+  memset(t, 0, sizeof *t);
+  t->q = h->q;
+  t->k_cache = h->k;
+  t->v_cache = h->v;
+  t->out = h->out;
+}
+
+int harness_poison(harness *h, char *err, size_t errlen)
+{
+  /* 0xffff is a NaN in fp16 and bf16. */
+  if (CK(h->cu->cuCtxSetCurrent(h->ctx->cuctx)) || CK(h->cu->cuMemsetD8(h->out, 0xff, h->q_elems * 2)) ||
+      CK(h->cu->cuCtxSynchronize()))
+    return -1;
+  return 0;
 }
 
 void harness_destroy(harness *h)
@@ -235,37 +287,17 @@ static int cmp_float(const void *a, const void *b)
   return (x > y) - (x < y);
 }
 
-int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r, char *err,
-                size_t errlen)
+int harness_check(harness *h, int max_check, harness_result *r, char *err, size_t errlen)
 {
-  memset(r, 0, sizeof *r);
   const pat_workload *w = h->w;
-  pat_batch_desc b = {.num_queries = w->num_queries, .seq_lens = w->seq_lens,
-                      .block_table = w->block_table, .block_table_stride = w->stride,
-                      .num_pages = w->num_pages, .q_heads = h->q_heads, .kv_heads = h->kv_heads,
-                      .mode = mode};
-  pat_plan *plan = NULL;
-  pat_status st = pat_plan_create(h->ctx, &b, NULL, &plan);
-  if (st) {
-    snprintf(err, errlen, "pat_plan_create: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
-    return -1;
-  }
-  pat_plan_get_info(plan, &r->info);
-  r->plan_us = r->info.build_us;
-  pat_tensors t = {.q = h->q, .k_cache = h->k, .v_cache = h->v, .out = h->out};
-  CUevent e0 = NULL, e1 = NULL;
-  float *times = NULL, *ref = NULL;
+  r->rel_err = r->max_abs_err = 0;
+  r->nonfinite = 0;
+  r->checked_queries = 0;
+  float *ref = NULL;
   int rc = -1;
-  /* Poison: 0xffff is a NaN in fp16 and bf16. */
-  if (CK(h->cu->cuMemsetD8(h->out, 0xff, h->q_elems * 2))) goto done;
-  st = pat_forward(h->ctx, plan, &t, 0, 0, NULL);
-  if (st) {
-    snprintf(err, errlen, "pat_forward: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
+  if (CK(h->cu->cuCtxSetCurrent(h->ctx->cuctx)) || CK(h->cu->cuCtxSynchronize()) ||
+      CK(h->cu->cuMemcpyDtoH(h->hout, h->out, h->q_elems * 2)))
     goto done;
-  }
-  if (CK(h->cu->cuCtxSynchronize()) || CK(h->cu->cuMemcpyDtoH(h->hout, h->out, h->q_elems * 2)))
-    goto done;
-
   const int D = h->head_dim, nq = w->num_queries;
   int step = (max_check > 0 && nq > max_check) ? (nq + max_check - 1) / max_check : 1;
   ref = malloc(sizeof(float) * (size_t)h->q_heads * D);
@@ -286,6 +318,41 @@ int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_res
     }
   }
   r->rel_err = den > 0 ? sqrt(num / den) : 0;
+  rc = 0;
+done:
+  free(ref);
+  return rc;
+}
+
+int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r, char *err,
+                size_t errlen)
+{
+  memset(r, 0, sizeof *r);
+  const pat_workload *w = h->w;
+  pat_batch_desc b = {.num_queries = w->num_queries, .seq_lens = w->seq_lens,
+                      .block_table = w->block_table, .block_table_stride = w->stride,
+                      .num_pages = w->num_pages, .q_heads = h->q_heads, .kv_heads = h->kv_heads,
+                      .mode = mode};
+  pat_plan *plan = NULL;
+  pat_status st = pat_plan_create(h->ctx, &b, NULL, &plan);
+  if (st) {
+    snprintf(err, errlen, "pat_plan_create: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
+    return -1;
+  }
+  pat_plan_get_info(plan, &r->info);
+  r->plan_us = r->info.build_us;
+  pat_tensors t = {.q = h->q, .k_cache = h->k, .v_cache = h->v, .out = h->out};
+  CUevent e0 = NULL, e1 = NULL;
+  float *times = NULL;
+  int rc = -1;
+  /* Poison: 0xffff is a NaN in fp16 and bf16. */
+  if (CK(h->cu->cuMemsetD8(h->out, 0xff, h->q_elems * 2))) goto done;
+  st = pat_forward(h->ctx, plan, &t, 0, 0, NULL);
+  if (st) {
+    snprintf(err, errlen, "pat_forward: %s: %s", pat_status_string(st), pat_last_error(h->ctx));
+    goto done;
+  }
+  if (harness_check(h, max_check, r, err, errlen)) goto done;
 
   if (iters > 0) {
     times = malloc(sizeof(float) * (size_t)iters);
@@ -331,7 +398,6 @@ done:
   if (e0) h->cu->cuEventDestroy(e0);
   if (e1) h->cu->cuEventDestroy(e1);
   free(times);
-  free(ref);
   pat_plan_destroy(plan);
   return rc;
 }

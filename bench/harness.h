@@ -28,6 +28,27 @@ harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, in
                         uint64_t seed, char *err, size_t errlen);
 void harness_destroy(harness *h);
 
+/* Like harness_create, for any workload of at most max_queries queries and max_pages pages
+** of the spec's page size: set one with harness_set_workload before checking. */
+harness *harness_create_sized(pat_context *ctx, int32_t max_queries, int32_t max_pages, int q_heads,
+                              int kv_heads, uint64_t seed, char *err, size_t errlen);
+
+/* Makes w (kept by pointer, not owned) the workload that harness_check and harness_run use;
+** the inputs stay as they are. Returns 0, or -1 with a message when w does not fit. */
+int harness_set_workload(harness *h, const pat_workload *w, char *err, size_t errlen);
+
+/* The device tensors (q, caches, out; default strides and scale) for running pat_forward
+** outside the harness. */
+void harness_tensors(const harness *h, pat_tensors *t);
+
+/* Fills out with NaN (0xffff) and waits for it. Returns 0, or -1 with a message. */
+int harness_poison(harness *h, char *err, size_t errlen);
+
+/* Waits for the device, downloads out and checks the workload's queries (an evenly spread
+** sample of max_check, 0 = all) against the CPU reference: fills rel_err, max_abs_err,
+** nonfinite and checked_queries of r. Returns 0, or -1 with a message. */
+int harness_check(harness *h, int max_check, harness_result *r, char *err, size_t errlen);
+
 /* Plans w in `mode`, poisons out with NaN, runs pat_forward once and checks every query
 ** (or an evenly spread sample of max_check queries, 0 = all) against the CPU reference;
 ** then, when iters > 0, times iters runs after a warm-up. Returns 0, or -1 with a message. */

@@ -1,5 +1,6 @@
 /* forward.c: pat_forward: one launch per tile group, spread over the context's streams
-** (forked from and joined back to the caller's stream), then the merge. */
+** (forked from and joined back to the caller's stream), then the merge. Capacity plans
+** launch fixed grids, so the same calls can be captured in a CUDA graph and replayed. */
 #include <stdio.h>
 
 #include "internal.h"
@@ -46,15 +47,16 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
 
   size_t need = pat_plan_workspace_size(plan);
   CUdeviceptr ws = workspace;
-  if (need && !ws) {
+  if (need && !ws && plan->own_ws) {
+    ws = plan->own_ws;  /* a capacity plan's own: a fixed address, safe to capture */
+  } else if (need && !ws) {
     pat_status st = own_workspace(ctx, need, &ws);
     if (st) return st;
   } else if (need > workspace_bytes) {
     return pat_fail(ctx, PAT_ERR_WORKSPACE, "pat_forward: workspace of %zu bytes, the plan needs %zu",
                     workspace_bytes, need);
   }
-  const pat_host_plan *h = &plan->host;
-  size_t slot_floats = (size_t)h->num_slots * plan->q_heads;
+  size_t slot_floats = (size_t)plan->ws_slots * plan->q_heads;
   float *part_o = (float *)(uintptr_t)ws;
   float *part_lse = (float *)(uintptr_t)(ws + ((slot_floats * D * sizeof(float) + 15) & ~(size_t)15));
 
@@ -68,16 +70,18 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
   };
 
-  /* One group alone runs on the caller's stream; several fork onto the context's streams. */
+  /* One launch alone runs on the caller's stream; several fork onto the context's streams.
+  ** A capacity plan's launches are fixed: every call issues the same work (capturable). */
   CUstream caller = (CUstream)stream;
-  int forked = h->num_groups > 1;
-  int used = forked ? (h->num_groups < ctx->num_streams ? h->num_groups : ctx->num_streams) : 0;
+  const int nl = plan->num_launches;
+  int forked = nl > 1;
+  int used = forked ? (nl < ctx->num_streams ? nl : ctx->num_streams) : 0;
   if (forked && PAT_CU(cu, cu->cuEventRecord(ctx->fork_event, caller), e, el)) return PAT_ERR_CUDA;
   for (int s = 0; s < used; s++)
     if (PAT_CU(cu, cu->cuStreamWaitEvent(ctx->streams[s], ctx->fork_event, 0), e, el)) return PAT_ERR_CUDA;
 
-  for (int g = 0; g < h->num_groups; g++) {
-    const pat_tile_group *grp = &h->groups[g];
+  for (int g = 0; g < nl; g++) {
+    const pat_tile_group *grp = &plan->launches[g];
     int ki = pat_kernel_index(ctx, grp->tile, plan->gqa);
     if (!ctx->kernels[ki].module) {
       pat_status st = pat_jit_ensure(ctx, ki);
@@ -97,7 +101,7 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
       return PAT_ERR_CUDA;
   }
 
-  if (h->num_merges > 0) {
+  if (plan->merge_grid > 0) {
     int mi = ctx->src.count - 1;
     if (!ctx->kernels[mi].module) {
       pat_status st = pat_jit_ensure(ctx, mi);
@@ -109,7 +113,7 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     void *args[] = {&mp};
     const pat_kernel_src *k = &ctx->src.kernels[mi];
     unsigned head_groups = (unsigned)(plan->q_heads + k->threads / 32 - 1) / (unsigned)(k->threads / 32);
-    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)h->num_merges, head_groups, 1, (unsigned)k->threads,
+    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)plan->merge_grid, head_groups, 1, (unsigned)k->threads,
                                       1, 1, 0, caller, args, NULL), e, el))
       return PAT_ERR_CUDA;
   }

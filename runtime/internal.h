@@ -49,6 +49,18 @@ struct pat_plan {
   size_t off_packs, off_pack_queries, off_pages, off_merges;
   CUevent uploaded;
   double build_us;
+  /* What pat_forward launches: one entry per tile launch (tile, first pack in the device
+  ** packs, grid.x), then a merge of merge_grid items (none when 0); the workspace layout is
+  ** sized for ws_slots. A plan of pat_plan_create: its groups, num_merges, num_slots. */
+  int num_launches;
+  pat_tile_group launches[PAT_MAX_TILES];
+  int merge_grid;
+  int ws_slots;
+  /* Capacity plans (pat_plan_create_capacity): fixed launches, padded metadata. */
+  int capacity;            /* 1 for a capacity plan */
+  pat_plan_caps caps;
+  CUdeviceptr own_ws;      /* the plan's workspace (0 when caps.external_workspace) */
+  size_t own_ws_bytes;
 };
 
 /* Records a formatted message as ctx's last error and returns status. */

@@ -102,7 +102,9 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *batch
 PAT_API void pat_plan_destroy(pat_plan *plan);
 
 /* Plan facts for reports: packs, CTAs of the forward launches, launches, queries with
-** merges, KV tokens read (per kv head) and unique KV tokens. Any pointer may be NULL. */
+** merges, KV tokens read (per kv head) and unique KV tokens. Any pointer may be NULL.
+** For a capacity plan: the current batch's packs and CTAs (its launches also hold empty
+** padding packs), and its fixed launches. */
 typedef struct pat_plan_info {
   int num_packs;
   int num_ctas;
@@ -118,6 +120,63 @@ PAT_API pat_status pat_plan_get_info(const pat_plan *plan, pat_plan_info *info);
 /* Device workspace bytes pat_forward needs for this plan (partial outputs and LSEs). */
 PAT_API size_t pat_plan_workspace_size(const pat_plan *plan);
 
+/* ---- Fixed-capacity plans, for CUDA graphs (docs/graphs.md) ----
+** A capacity plan launches the same grids with the same kernel arguments for every batch
+** that fits its capacities: each tile of the spec gets one launch of a fixed number of packs
+** (real packs, then empty packs that return at once), the merge a fixed number of items,
+** and the metadata and workspace stay at fixed device addresses. pat_plan_update reschedules
+** it for the next decode step in place, so a graph captured around pat_forward stays valid.
+** Recipe: pat_plan_create_capacity; pat_forward once (warm-up); cuStreamBeginCapture on the
+** engine's stream; pat_forward (for every layer); cuStreamEndCapture; cuGraphInstantiate.
+** Per step: pat_plan_update(plan, next batch, stream), then cuGraphLaunch on that stream. */
+
+#define PAT_CAPS_MAX_TILES 16  /* tiles a spec may have */
+
+typedef struct pat_plan_caps {
+  int32_t max_packs;          /* packs of each tile's launch (its grid.x), unless tile_packs */
+  int32_t tile_packs[PAT_CAPS_MAX_TILES];  /* per spec tile: > 0 that many packs, 0: max_packs,
+                                  < 0: no launch for that tile (its packs move to a larger tile) */
+  int32_t max_pack_queries;   /* (query, split) entries over all packs, >= 1 */
+  int32_t max_pages;          /* page-id entries over all packs, >= 1 */
+  int32_t max_merges;         /* merge items (queries with several splits); grid.x of the merge */
+  int32_t max_slots;          /* workspace slots; fixes pat_plan_workspace_size */
+  int external_workspace;     /* 0: the plan allocates its workspace at create, used when
+                                 pat_forward gets workspace 0; 1: the caller always passes one */
+} pat_plan_caps;
+
+/* Capacities from an existing plan's counts times headroom (>= 1; e.g. 1.5): max_packs is the
+** plan's packs x headroom for every tile, so any tile may take all of them. Rounds up, at
+** least 1 each. Merge them with pat_plan_caps_max to cover several batches. Thread-safe. */
+PAT_API pat_status pat_plan_caps_from(const pat_plan *plan, double headroom, pat_plan_caps *caps);
+
+/* Widens *caps to cover *other too: element-wise maximum; a tile_packs entry is 0 (max_packs)
+** where either is 0, else the larger. Thread-safe. */
+PAT_API void pat_plan_caps_max(pat_plan_caps *caps, const pat_plan_caps *other);
+
+/* Like pat_plan_create, for a plan that pat_plan_update can reschedule in place: device
+** metadata (and, unless caps->external_workspace, the workspace) are allocated at capacity,
+** the kernels of every launch are compiled or loaded now (so pat_forward never compiles), and
+** the batch is uploaded on `stream`. q_heads and kv_heads are fixed for the plan's life.
+** A batch that does not fit the capacities returns PAT_ERR_INVALID_ARG and pat_last_error
+** names the capacity ("capacity: ..."). Same thread-safety as pat_plan_create. */
+PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_desc *batch,
+                                            const pat_plan_caps *caps, pat_stream stream,
+                                            pat_plan **out);
+
+/* Reschedules a capacity plan for a new batch (same q_heads and kv_heads; the mode may
+** change) and uploads its metadata on `stream` into the same device buffer, so launches,
+** grids and kernel arguments stay as they were. Waits (on the host) for the plan's previous
+** upload, never for kernels. The new metadata overwrites the old in stream order: issue it
+** on the stream that runs pat_forward or the graph (or order the two streams), after the
+** previous step's work. When the batch is refused (PAT_ERR_INVALID_ARG; "capacity: ..." in
+** pat_last_error when it does not fit) the plan, host and device, is left as it was. Not concurrently with
+** other calls on the same plan, nor with pat_forward reading it on the host. */
+PAT_API pat_status pat_plan_update(pat_plan *plan, const pat_batch_desc *batch, pat_stream stream);
+
+/* The capacities a plan was created with (1), or 0 for a plan of pat_plan_create. caps may
+** be NULL. */
+PAT_API int pat_plan_get_caps(const pat_plan *plan, pat_plan_caps *caps);
+
 typedef struct pat_tensors {
   pat_devptr q;        /* [num_queries][q_heads][head_dim], spec dtype */
   pat_devptr k_cache;  /* [num_pages][page_size][kv_heads][head_dim] */
@@ -132,8 +191,13 @@ typedef struct pat_tensors {
 ** streams and join back before the merge, so the work is ordered after everything already
 ** on `stream` and before anything queued after. No host synchronisation, no allocation when
 ** workspace is given (workspace_bytes >= pat_plan_workspace_size; 16-byte aligned). With
-** workspace 0 the context uses (and grows, synchronising once) its own buffer.
-** Pointers must be 16-byte aligned. One thread at a time per context. */
+** workspace 0 the context uses (and grows, synchronising once) its own buffer; a capacity
+** plan made without external_workspace uses its own instead.
+** Pointers must be 16-byte aligned. One thread at a time per context.
+** Stream capture (CUDA graphs): capturable with a capacity plan after one warm-up call, and
+** with a workspace the graph may keep: the caller's, or the capacity plan's own (workspace 0).
+** The context's own buffer is not safe to capture: a later, larger plan frees it. The graph
+** records the tensor pointers and strides in `t`, and the plan's current metadata address. */
 PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat_tensors *t,
                                pat_devptr workspace, size_t workspace_bytes, pat_stream stream);
 
