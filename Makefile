@@ -118,7 +118,7 @@ TEST_OBJ = $(patsubst %.c,build/obj/%.o,$(TEST_SRC) $(HARNESS))
 gpu-bundle: bin/patgen build/libpat.so $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
 	@mkdir -p build/gpu/lib
 	$(Q)$(CC) -o build/gpu/tests $(TEST_OBJ) $(OBJ) $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
-	$(Q)cp bin/patgen build/gpu/
+	$(Q)cp bin/patgen build/libpat.so $(LUA_SO) build/gpu/
 	$(Q)if [ -f bench/patbench.c ]; then $(MAKE) -s bin/patbench && cp bin/patbench build/gpu/; fi
 	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
 	  xargs -r -I{} cp -L {} build/gpu/lib/

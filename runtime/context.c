@@ -53,6 +53,20 @@ PAT_API pat_status pat_context_device(const pat_context *ctx, int *num_sms, int 
   return PAT_OK;
 }
 
+PAT_API pat_status pat_context_spec_info(const pat_context *ctx, pat_spec_info *info)
+{
+  if (!ctx || !info) return PAT_ERR_INVALID_ARG;
+  memset(info, 0, sizeof *info);
+  snprintf(info->name, sizeof info->name, "%s", ctx->spec.name);
+  info->dtype = ctx->spec.dtype == PAT_BF16 ? 1 : 0;
+  info->head_dim = ctx->spec.head_dim;
+  info->page_size = ctx->spec.page_size;
+  info->num_gqa = ctx->spec.num_gqa;
+  for (int i = 0; i < ctx->spec.num_gqa && i < 16; i++) info->gqa[i] = ctx->spec.gqa[i];
+  info->num_tiles = ctx->spec.num_tiles;
+  return PAT_OK;
+}
+
 /* Copies a create-time failure out to the caller's buffer, destroys the half-made context. */
 static pat_status create_failed(pat_context *ctx, pat_status st, char *msg, size_t msglen)
 {

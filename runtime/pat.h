@@ -72,6 +72,20 @@ PAT_API const char *pat_last_error(const pat_context *ctx);
 PAT_API pat_status pat_context_device(const pat_context *ctx, int *num_sms, int *arch,
                                       char *name, size_t namelen);
 
+/* What a context's spec builds, for callers that check tensors against it. */
+typedef struct pat_spec_info {
+  char name[64];   /* the spec's name */
+  int dtype;       /* 0: fp16, 1: bf16 (q, k, v and out) */
+  int head_dim;
+  int page_size;   /* tokens per KV page */
+  int num_gqa;
+  int gqa[16];     /* the GQA ratios (q heads per kv head) kernels exist for */
+  int num_tiles;
+} pat_spec_info;
+
+/* Fills *info from ctx's spec. Thread-safe. */
+PAT_API pat_status pat_context_spec_info(const pat_context *ctx, pat_spec_info *info);
+
 typedef enum pat_mode {
   PAT_MODE_PREFIX = 0,  /* queries that share pages share CTAs (the PAT schedule) */
   PAT_MODE_DIRECT = 1   /* one query per CTA, KV split by the spec's policy (flash-decoding) */

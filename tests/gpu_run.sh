@@ -9,9 +9,13 @@ export PAT_CACHE_DIR=${PAT_CACHE_DIR:-$PWD/build/gpu_cache}
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   status=0
-  build/gpu/tests --filter "${1:-gpu/*}" --verbose -j "${JOBS:-8}" 2>&1 | grep -v '^\[----\]   $' || status=1
+  build/gpu/tests --filter "${1:-gpu*}" --verbose -j "${JOBS:-8}" 2>&1 | grep -v '^\[----\]   $' || status=1
   build/gpu/tests --filter 'driver/*' 2>&1 | tail -1 || status=1
   echo "== patgen run (the default job)"
   build/gpu/patgen run || status=1
+  if [ -z "${1:-}" ]; then
+    echo "== Python binding on the GPU"
+    PAT_LIBRARY=$PWD/build/gpu/libpat.so python3 -m pytest python/tests -q -rs -p no:cacheprovider || status=1
+  fi
   exit $status
 } 2>&1 | tee "$log"

@@ -33,6 +33,20 @@ class ContextDesc(ctypes.Structure):
     ]
 
 
+class SpecInfo(ctypes.Structure):
+    """struct pat_spec_info."""
+
+    _fields_ = [
+        ("name", ctypes.c_char * 64),
+        ("dtype", ctypes.c_int),
+        ("head_dim", ctypes.c_int),
+        ("page_size", ctypes.c_int),
+        ("num_gqa", ctypes.c_int),
+        ("gqa", ctypes.c_int * 16),
+        ("num_tiles", ctypes.c_int),
+    ]
+
+
 class BatchDesc(ctypes.Structure):
     """struct pat_batch_desc (pat_mode is a C enum: an int)."""
 
@@ -117,6 +131,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pat_last_error.restype = c_char_p
     lib.pat_context_device.argtypes = [c_void_p, ctypes.POINTER(c_int), ctypes.POINTER(c_int), c_char_p, c_size_t]
     lib.pat_context_device.restype = c_int
+    lib.pat_context_spec_info.argtypes = [c_void_p, ctypes.POINTER(SpecInfo)]
+    lib.pat_context_spec_info.restype = c_int
     lib.pat_plan_create.argtypes = [c_void_p, ctypes.POINTER(BatchDesc), c_void_p, ctypes.POINTER(c_void_p)]
     lib.pat_plan_create.restype = c_int
     lib.pat_plan_destroy.argtypes = [c_void_p]

@@ -18,7 +18,7 @@ from typing import Any
 from . import _lib
 from ._tensors import ITEM_SIZES, check_tensor, data_ptr, dense_strides, dtype_name, host_int32, strides_of
 from .errors import PatArgumentError, PatError, error_for_status
-from .spec import SpecSummary, read_spec
+from .spec import SpecSummary
 
 MODE_PREFIX = 0  # PAT_MODE_PREFIX: queries sharing pages share CTAs
 MODE_DIRECT = 1  # PAT_MODE_DIRECT: one query per CTA (flash-decoding)
@@ -122,11 +122,16 @@ class Context:
                                    msg.value.decode(errors="replace"))
         self._handle = handle.value
         self._lib = lib
-        try:
-            self.spec: SpecSummary = read_spec(self.spec_path)
-        except (OSError, ValueError) as e:
+        info = _lib.SpecInfo()
+        st = lib.pat_context_spec_info(self._handle, ctypes.byref(info))
+        if st != 0:
             self.close()
-            raise PatError(f"reading {self.spec_path}: {e}") from e
+            raise error_for_status(st, "pat_context_spec_info", "")
+        # The library's own view of the spec, so the checks match what it was built for.
+        self.spec: SpecSummary = SpecSummary(
+            path=self.spec_path, name=info.name.decode(), dtype=("fp16", "bf16")[info.dtype],
+            head_dim=info.head_dim, page_size=info.page_size,
+            gqa=tuple(info.gqa[i] for i in range(info.num_gqa)))
 
     # -- facts -------------------------------------------------------------------------
     @property

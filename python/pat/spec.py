@@ -1,10 +1,11 @@
 """Reading the few facts of a spec the binding checks tensors against.
 
-runtime/pat.h does not report a context's dtype, head_dim, page size or GQA ratios, so the
-binding reads them from the spec file itself: with PyYAML when it is installed, else with a
-small reader of the top-level ``key: value`` lines (enough for every spec in specs/). The C
-library remains the judge of whether a spec is valid; this reader only needs the values of
-a spec the library accepts. Absent keys take the defaults of specs/README.md.
+A :class:`~pat.Context` takes these facts from the library (``pat_context_spec_info``).
+:func:`read_spec` reads them from a spec file without a GPU or the library (for engine
+configuration before a context exists): with PyYAML when it is installed, else with a small
+reader of the top-level ``key: value`` lines (enough for every spec in specs/). The C library
+remains the judge of whether a spec is valid. Absent keys take the defaults of
+specs/README.md.
 """
 from __future__ import annotations
 
