@@ -41,18 +41,32 @@ typedef struct fpack {   /* a final pack (one KV chunk of a bpack) */
   int32_t base, page_off, kv_len, tile;
 } fpack;
 
+/* Per-call state. All per-query and per-node scratch lives in one allocation (`block`). */
 typedef struct ctx {
   const pat_batch *b;
   const pat_sched_opts *o;
   const pat_spec *s;
+  const int32_t *bt;  /* block table */
+  size_t stride;      /* its row length */
   int32_t n, ps, gqa, cap;
   int32_t *nf;        /* full pages per query */
+  int32_t *tl;        /* tokens of its partial last page per query (0: none) */
   int32_t *order;     /* queries in tree order */
+  int32_t *cnt;       /* partial results per query */
   node *nodes;
   int32_t num_nodes;
+  int64_t tree_pages; /* full pages over all nodes */
+  int32_t ntails;     /* queries with a partial last page */
+  int64_t tail_tokens;
   bpack *bp;
   int32_t nbp, bpcap;
+  int32_t mf;         /* smallest M holding a full chunk (cap queries) */
+  int32_t *mr;        /* [cap + 1]: smallest M holding r queries */
   double ctok1, cpack1, cmerge;
+  /* radix tree scratch */
+  size_t hcap;
+  int32_t *hkey, *hval, *gid, *gcnt, *tmp, *gslot;
+  void *block;
 } ctx;
 
 __attribute__((format(printf, 3, 4)))
@@ -67,17 +81,17 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 
 static const int32_t *row_of(const ctx *c, int32_t q)
 {
-  return c->b->block_table + (size_t)q * (size_t)c->b->block_table_stride;
+  return c->bt + (size_t)q * c->stride;
 }
 
 static int32_t tail_tokens(const ctx *c, int32_t q)
 {
-  return c->b->seq_lens[q] % c->ps;
+  return c->tl[q];
 }
 
 static int32_t num_pages_of(const ctx *c, int32_t q)
 {
-  return (c->b->seq_lens[q] + c->ps - 1) / c->ps;
+  return c->nf[q] + (c->tl[q] > 0);
 }
 
 /* Smallest tile M holding `rows` query rows, or 0 if none. */
@@ -153,93 +167,136 @@ static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, s
   return 0;
 }
 
+/* Length of the common prefix of a[0 .. lim) and b[0 .. lim). */
+static inline int32_t common_prefix(const int32_t *a, const int32_t *b, int32_t lim)
+{
+  int32_t r = 0;
+  if (lim > 16) {
+    if (memcmp(a, b, (size_t)lim * sizeof *a) == 0) return lim;
+  }
+  for (; r + 2 <= lim; r += 2) {
+    uint64_t x, y;
+    memcpy(&x, a + r, sizeof x);
+    memcpy(&y, b + r, sizeof y);
+    if (x != y) break;
+  }
+  while (r < lim && a[r] == b[r]) r++;
+  return r;
+}
+
 /* ---- radix tree: nodes in breadth-first order, children contiguous, subtrees contiguous
-** ranges of order[]. Grouping by next page uses an open-addressing map reset per use. */
-static int build_tree(ctx *c)
+** ranges of order[]. A node's run extends while every query has the leader's page at the next
+** position; its queries are then split, stably, into those that end there and groups by the
+** next page id (in order of first appearance; open-addressing map reset per use). When the
+** groups already come in that order (the usual case) order[] is left as it is. */
+static void build_tree(ctx *c)
 {
   int32_t n = c->n;
-  size_t hcap = pow2_at_least((size_t)n * 2);
-  int32_t *hkey = malloc(hcap * sizeof *hkey);
-  int32_t *hval = malloc(hcap * sizeof *hval);
-  int32_t *gid = malloc((size_t)n * sizeof *gid);
-  int32_t *gcnt = malloc(((size_t)n + 1) * sizeof *gcnt);
-  int32_t *tmp = malloc((size_t)n * sizeof *tmp);
-  size_t *gslot = malloc((size_t)n * sizeof *gslot);
-  if (!hkey || !hval || !gid || !gcnt || !tmp || !gslot) {
-    free(hkey); free(hval); free(gid); free(gcnt); free(tmp); free(gslot);
-    return -1;
-  }
-  memset(hval, 0xff, hcap * sizeof *hval);  /* -1: empty */
-
+  size_t hcap = c->hcap;
+  int32_t *hkey = c->hkey, *hval = c->hval, *gid = c->gid, *gcnt = c->gcnt;
+  int32_t *tmp = c->tmp, *gslot = c->gslot, *order = c->order;
+  const int32_t *nf = c->nf, *tl = c->tl;
   node *nodes = c->nodes;
+  int64_t tree_pages = 0;
   int32_t nn = 1;
   memset(&nodes[0], 0, sizeof nodes[0]);
   nodes[0].q_hi = n;
   for (int32_t v = 0; v < nn; v++) {
     node *nd = &nodes[v];
     int32_t lo = nd->q_lo, hi = nd->q_hi, e = nd->pos;
-    int32_t leader = c->order[lo];
-    int32_t run = c->nf[leader] - e;
+    int32_t leader = order[lo];
+    nd->child_lo = nn;
+    if (hi - lo == 1) {  /* one query: its whole row, then it ends here */
+      int32_t t = tl[leader];
+      nd->npages = nf[leader] - e;
+      nd->nterm = 1;
+      nd->nchild = 0;
+      nd->tails_pos = t > 0;
+      nd->tails_sum = t;
+      tree_pages += nd->npages;
+      continue;
+    }
+    int32_t run = nf[leader] - e;
+    /* a child's queries were grouped by the page at `e`: the first page is shared */
+    int32_t skip = v > 0 ? 1 : 0;
     const int32_t *rl = row_of(c, leader) + e;
-    for (int32_t i = lo + 1; i < hi && run > 0; i++) {
-      int32_t q = c->order[i];
-      int32_t lim = c->nf[q] - e < run ? c->nf[q] - e : run;
-      const int32_t *rq = row_of(c, q) + e;
-      int32_t r = 0;
-      if (lim > 8 && memcmp(rq, rl, (size_t)lim * sizeof *rq) == 0) r = lim;
-      else while (r < lim && rq[r] == rl[r]) r++;
-      run = r;
+    for (int32_t i = lo + 1; i < hi && run > skip; i++) {
+      int32_t q = order[i];
+      int32_t lim = nf[q] - e < run ? nf[q] - e : run;
+      run = skip + common_prefix(row_of(c, q) + e + skip, rl + skip, lim - skip);
     }
     nd->npages = run;
+    tree_pages += run;
     int32_t end = e + run;
     /* partition: queries ending here first, then groups by the page at `end` */
-    int32_t nterm = 0, ng = 0, last_key = 0, last_gid = 0;
+    int32_t nterm = 0, ng = 0, last_key = 0, last_gid = 0, maxg = -1, tails_pos = 0;
+    int sorted = 1, small = hi - lo <= 16;
+    double tails_sum = 0;
     for (int32_t i = lo; i < hi; i++) {
-      int32_t q = c->order[i];
-      if (c->nf[q] == end) { gid[i - lo] = -1; nterm++; continue; }
+      int32_t q = order[i];
+      if (nf[q] == end) {
+        gid[i - lo] = -1;
+        nterm++;
+        tails_pos += tl[q] > 0;
+        tails_sum += tl[q];
+        sorted &= maxg < 0;
+        continue;
+      }
       int32_t key = row_of(c, q)[end];
       if (ng > 0 && key == last_key) {  /* rows sharing a prefix are usually adjacent */
         gid[i - lo] = last_gid;
         gcnt[last_gid]++;
         continue;
       }
-      size_t h = hash32((uint32_t)key) & (hcap - 1);
-      while (hval[h] >= 0 && hkey[h] != key) h = (h + 1) & (hcap - 1);
-      if (hval[h] < 0) { hkey[h] = key; hval[h] = ng; gslot[ng] = h; gcnt[ng++] = 0; }
-      gid[i - lo] = hval[h];
-      gcnt[hval[h]]++;
+      int32_t g;
+      if (small) {  /* few queries: look the key up among the groups so far */
+        g = ng - 1;
+        while (g >= 0 && gslot[g] != key) g--;
+        if (g < 0) { g = ng; gslot[ng] = key; gcnt[ng++] = 0; }
+      } else {
+        size_t h = hash32((uint32_t)key) & (hcap - 1);
+        while (hval[h] >= 0 && hkey[h] != key) h = (h + 1) & (hcap - 1);
+        if (hval[h] < 0) { hkey[h] = key; hval[h] = ng; gslot[ng] = (int32_t)h; gcnt[ng++] = 0; }
+        g = hval[h];
+      }
+      gid[i - lo] = g;
+      gcnt[g]++;
+      sorted &= g >= maxg;
+      maxg = g > maxg ? g : maxg;
       last_key = key;
-      last_gid = hval[h];
+      last_gid = g;
     }
-    for (int32_t g = 0; g < ng; g++) hval[gslot[g]] = -1;  /* reset the map */
+    if (!small)
+      for (int32_t g = 0; g < ng; g++) hval[gslot[g]] = -1;  /* reset the map */
     nd->nterm = nterm;
-    nd->child_lo = nn;
     nd->nchild = ng;
+    nd->tails_pos = tails_pos;
+    nd->tails_sum = tails_sum;
     if (ng == 0) continue;
     /* exclusive prefix sums: where each group starts */
     int32_t at = lo + nterm;
     for (int32_t g = 0; g < ng; g++) {
       int32_t cnt = gcnt[g];
       node *ch = &nodes[nn + g];
-      memset(ch, 0, sizeof *ch);
       ch->pos = end;
       ch->q_lo = at;
       ch->q_hi = at + cnt;
       gcnt[g] = at;
       at += cnt;
     }
-    int32_t t = lo;
-    for (int32_t i = lo; i < hi; i++) {
-      int32_t q = c->order[i];
-      if (gid[i - lo] < 0) tmp[t++ - lo] = q;
-      else tmp[gcnt[gid[i - lo]]++ - lo] = q;
+    if (!sorted) {
+      int32_t t = lo;
+      for (int32_t i = lo; i < hi; i++) {
+        int32_t q = order[i];
+        if (gid[i - lo] < 0) tmp[t++ - lo] = q;
+        else tmp[gcnt[gid[i - lo]]++ - lo] = q;
+      }
+      memcpy(order + lo, tmp, (size_t)(hi - lo) * sizeof *tmp);
     }
-    memcpy(c->order + lo, tmp, (size_t)(hi - lo) * sizeof *tmp);
     nn += ng;
   }
   c->num_nodes = nn;
-  free(hkey); free(hval); free(gid); free(gcnt); free(tmp); free(gslot);
-  return 0;
+  c->tree_pages = tree_pages;
 }
 
 /* ---- page checks: ids in range, each page once per query, shared pages at one position,
@@ -301,7 +358,7 @@ static int32_t *ptab_slot(ptab *t, int32_t page)
   return &t->code[h];
 }
 
-static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
+static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   size_t total = (size_t)c->n;
   for (int32_t v = 0; v < c->num_nodes; v++) total += (size_t)c->nodes[v].npages;
@@ -361,17 +418,87 @@ static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t e
   return rc;
 }
 
+/* The page checks of a valid batch: every page id of the tree's runs and partial pages is in
+** range and distinct. Returns 0 (and the distinct tokens) when so, 1 when some page is out of
+** range or met twice (which may still be valid: the same page at the same position under two
+** different prefixes; check_pages_exact decides and words the message), -1 when out of
+** memory. Only "seen" flags are kept: a byte per page id when the cache is small enough to
+** clear cheaply, else an open-addressing set of the ids met. */
+static int check_pages_fast(const ctx *c, int64_t *unique_tokens)
+{
+  const uint32_t npt = (uint32_t)c->b->num_pages_total;
+  const int64_t total = c->tree_pages + c->ntails;
+  int rc = 0;
+  if ((int64_t)npt <= 64 * total + 4096) {
+    unsigned char *seen = malloc(npt);
+    if (!seen) return -1;
+    memset(seen, 0, npt);
+    unsigned acc = 0;
+    for (int32_t v = 0; v < c->num_nodes && acc == 0; v++) {
+      const node *nd = &c->nodes[v];
+      const int32_t *row = row_of(c, c->order[nd->q_lo]) + nd->pos;
+      const int32_t np = nd->npages;
+#pragma GCC unroll 4
+      for (int32_t i = 0; i < np; i++) {
+        uint32_t p = (uint32_t)row[i];
+        if (p >= npt) { acc = 1; break; }
+        acc |= seen[p];
+        seen[p] = 1;
+      }
+    }
+    for (int32_t q = 0; q < c->n && acc == 0; q++) {
+      if (c->tl[q] == 0) continue;
+      uint32_t p = (uint32_t)row_of(c, q)[c->nf[q]];
+      if (p >= npt) { acc = 1; break; }
+      acc |= seen[p];
+      seen[p] = 1;
+    }
+    rc = acc != 0;
+    free(seen);
+  } else {
+    size_t cap = pow2_at_least((size_t)total * 2), mask = cap - 1;
+    int32_t *key = malloc(cap * sizeof *key);
+    if (!key) return -1;
+    memset(key, 0xff, cap * sizeof *key);  /* -1: empty (valid ids are >= 0) */
+    for (int32_t v = 0; v < c->num_nodes && rc == 0; v++) {
+      const node *nd = &c->nodes[v];
+      const int32_t *row = row_of(c, c->order[nd->q_lo]) + nd->pos;
+      for (int32_t i = 0; i < nd->npages && rc == 0; i++) {
+        int32_t p = row[i];
+        if ((uint32_t)p >= npt) { rc = 1; break; }
+        size_t h = hash32((uint32_t)p) & mask;
+        while (key[h] >= 0 && key[h] != p) h = (h + 1) & mask;
+        if (key[h] == p) rc = 1;
+        key[h] = p;
+      }
+    }
+    for (int32_t q = 0; q < c->n && rc == 0; q++) {
+      if (c->tl[q] == 0) continue;
+      int32_t p = row_of(c, q)[c->nf[q]];
+      if ((uint32_t)p >= npt) { rc = 1; break; }
+      size_t h = hash32((uint32_t)p) & mask;
+      while (key[h] >= 0 && key[h] != p) h = (h + 1) & mask;
+      if (key[h] == p) rc = 1;
+      key[h] = p;
+    }
+    free(key);
+  }
+  if (rc == 0) *unique_tokens = c->tree_pages * c->ps + c->tail_tokens;
+  return rc;
+}
+
+static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
+{
+  int rc = check_pages_fast(c, unique_tokens);
+  if (rc < 0) { set_err(err, errlen, "out of memory"); return -1; }
+  return rc == 0 ? 0 : check_pages_exact(c, unique_tokens, err, errlen);
+}
+
 /* ---- cost model ---- */
 static double line_min(const node *nd, double x)
 {
   double a = nd->own_b + nd->own_s * x, p = nd->push_b + nd->push_s * x;
   return a < p ? a : p;
-}
-
-static double line_min_slope(const node *nd, double x)
-{
-  double a = nd->own_b + nd->own_s * x, p = nd->push_b + nd->push_s * x;
-  return a < p ? nd->own_s : nd->push_s;
 }
 
 /* The last packs of a node's terminal queries when `x` inherited tokens reach them: one pack
@@ -382,12 +509,13 @@ static double tails_cost(const ctx *c, const node *nd, double x)
   return nd->tails_sum * c->ctok1 + nd->tails_pos * c->cpack1;
 }
 
-static void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int *mr)
+/* Chunks of a node of nq queries: k packs, k - 1 full ones on tile mf, the rest on tile mr. */
+static inline void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int *mr)
 {
-  *k = (nq + c->cap - 1) / c->cap;
+  *k = nq <= c->cap ? 1 : (nq + c->cap - 1) / c->cap;
   int32_t r = nq - (*k - 1) * c->cap;
-  *mf = mfit(c->s, c->cap * c->gqa);
-  *mr = mfit(c->s, r * c->gqa);
+  *mf = c->mf;
+  *mr = c->mr[r];
 }
 
 static void compute_costs(ctx *c)
@@ -399,16 +527,11 @@ static void compute_costs(ctx *c)
     double below0 = 0, pb = 0, psl = 0;
     for (int32_t i = 0; i < nd->nchild; i++) {
       const node *ch = &c->nodes[nd->child_lo + i];
-      below0 += line_min(ch, 0);
-      pb += line_min(ch, L);
-      psl += line_min_slope(ch, L);
-    }
-    nd->tails_pos = 0;
-    nd->tails_sum = 0;
-    for (int32_t i = 0; i < nd->nterm; i++) {
-      int32_t tt = tail_tokens(c, c->order[nd->q_lo + i]);
-      nd->tails_pos += tt > 0;
-      nd->tails_sum += tt;
+      double a0 = ch->own_b + ch->own_s * 0, p0 = ch->push_b + ch->push_s * 0;
+      double a = ch->own_b + ch->own_s * L, p = ch->push_b + ch->push_s * L;
+      below0 += a0 < p0 ? a0 : p0;
+      pb += a < p ? a : p;
+      psl += a < p ? ch->own_s : ch->push_s;
     }
     below0 += tails_cost(c, nd, 0);
     pb += tails_cost(c, nd, L);
@@ -428,23 +551,30 @@ static void compute_costs(ctx *c)
   }
 }
 
-static int push_bpack(ctx *c, int32_t q_lo, int32_t nq, int32_t pos0, int32_t npages, int32_t kv_len)
+static int grow_bpacks(ctx *c, int32_t need)
 {
-  if (c->nbp == c->bpcap) {
-    int32_t ncap = c->bpcap * 2;
-    bpack *nb = realloc(c->bp, (size_t)ncap * sizeof *nb);
-    if (!nb) return -1;
-    c->bp = nb;
-    c->bpcap = ncap;
-  }
-  c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0};
+  if (c->nbp + need <= c->bpcap) return 0;
+  int32_t ncap = c->bpcap * 2;
+  while (ncap < c->nbp + need) ncap *= 2;
+  bpack *nb = realloc(c->bp, (size_t)ncap * sizeof *nb);
+  if (!nb) return -1;
+  c->bp = nb;
+  c->bpcap = ncap;
   return 0;
 }
 
-/* Top-down: decide own/push with the inherited prefix known, emit the packs. */
+static inline void push_bpack(ctx *c, int32_t q_lo, int32_t nq, int32_t pos0, int32_t npages, int32_t kv_len)
+{
+  c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0};
+}
+
+/* Top-down: decide own/push with the inherited prefix known, emit the packs. Also counts the
+** packs of each query: one per owning node on its path, plus its last pack if not empty.
+** inh and sa: per node, the first page position not yet in a pack, and the owning ancestors. */
 static int emit_prefix(ctx *c, int32_t *inh, int32_t *sa)
 {
   int max_splits = c->s->split.max_splits > 0 ? c->s->split.max_splits : 1;
+  int32_t *cnt = c->cnt;
   inh[0] = 0;
   sa[0] = 0;
   for (int32_t v = 0; v < c->num_nodes; v++) {
@@ -463,19 +593,23 @@ static int emit_prefix(ctx *c, int32_t *inh, int32_t *sa)
     if (own) {
       int32_t nq = nd->q_hi - nd->q_lo, k; int mf, mr;
       own_chunks(c, nq, &k, &mf, &mr);
+      if (grow_bpacks(c, k + nd->nterm)) return -1;
       for (int32_t j = 0; j < k; j++) {
         int32_t lo = nd->q_lo + j * c->cap;
-        int32_t cnt = j + 1 < k ? c->cap : nd->q_hi - lo;
-        if (push_bpack(c, lo, cnt, inh[v], end - inh[v], (end - inh[v]) * c->ps)) return -1;
+        int32_t cnt_j = j + 1 < k ? c->cap : nd->q_hi - lo;
+        push_bpack(c, lo, cnt_j, inh[v], end - inh[v], (end - inh[v]) * c->ps);
       }
       next = end;
       nsa++;
+    } else if (grow_bpacks(c, nd->nterm)) {
+      return -1;
     }
     for (int32_t i = 0; i < nd->nterm; i++) {
       int32_t q = c->order[nd->q_lo + i];
-      int32_t tail = tail_tokens(c, q) ? 1 : 0;
+      int32_t tail = c->tl[q] ? 1 : 0;
       int32_t np = end + tail - next;
-      if (np > 0 && push_bpack(c, nd->q_lo + i, 1, next, np, c->b->seq_lens[q] - next * c->ps)) return -1;
+      cnt[q] = nsa + (np > 0);
+      if (np > 0) push_bpack(c, nd->q_lo + i, 1, next, np, c->b->seq_lens[q] - next * c->ps);
     }
     for (int32_t i = 0; i < nd->nchild; i++) {
       inh[nd->child_lo + i] = next;
@@ -591,6 +725,8 @@ static int pick_tile(const pat_spec *s, int rows, int T)
   return best;
 }
 
+#define TILE_CACHE 256
+
 static int ilog2(int32_t x)
 {
   return 31 - __builtin_clz((unsigned)x);
@@ -614,38 +750,49 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     if (cnt[q] > 1) { nslots += cnt[q]; nmerge++; }
   if (nf > INT32_MAX || npq > INT32_MAX || npages > INT32_MAX || nslots > INT32_MAX) return -1;
 
-  fpack *fp = malloc((size_t)nf * sizeof *fp);
-  int32_t *key = malloc((size_t)nf * sizeof *key);
-  int32_t *perm = malloc((size_t)nf * sizeof *perm);
-  int32_t *bucket = calloc((size_t)nt * 32 + 1, sizeof *bucket);
-  int32_t *next = malloc((size_t)n * 2 * sizeof *next);
+  /* scratch: final packs, sort keys and permutation, slot bases and counters, buckets */
+  size_t nb = (size_t)nt * 32 + 1;
+  fpack *fp = malloc((size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
+  int32_t *key = fp ? (int32_t *)(void *)(fp + nf) : NULL;
+  int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
   plan->packs = malloc((size_t)nf * sizeof *plan->packs);
   plan->pack_queries = malloc((size_t)npq * sizeof *plan->pack_queries);
   plan->pages = malloc((size_t)(npages ? npages : 1) * sizeof *plan->pages);
   plan->merges = malloc((size_t)(nmerge ? nmerge : 1) * sizeof *plan->merges);
   plan->groups = malloc((size_t)nt * sizeof *plan->groups);
   int rc = -1;
-  if (!fp || !key || !perm || !bucket || !next || !plan->packs || !plan->pack_queries ||
-      !plan->pages || !plan->merges || !plan->groups)
+  if (!fp || !plan->packs || !plan->pack_queries || !plan->pages || !plan->merges || !plan->groups)
     goto out;
+  memset(bucket, 0, nb * sizeof *bucket);
+
+  /* pick_tile depends on (queries, tokens) only: a small direct-mapped cache of its answers */
+  struct { int32_t nq, t, tile; } tc[TILE_CACHE];
+  for (int i = 0; i < TILE_CACHE; i++) tc[i].nq = -1;
 
   /* chunks of each base pack at page boundaries; the last holds the partial page */
-  int32_t f = 0, memo_nq = -1, memo_t = -1, memo_tile = 0;
+  int32_t f = 0;
   for (int32_t i = 0; i < c->nbp; i++) {
     const bpack *p = &c->bp[i];
-    const int32_t *row = row_of(c, c->order[p->q_lo]);
-    memcpy(plan->pages + p->page_begin, row + p->pos0, (size_t)p->npages * sizeof *row);
-    int32_t base = p->npages / p->splits, extra = p->npages % p->splits, off = 0;
+    const int32_t *row = row_of(c, c->order[p->q_lo]) + p->pos0;
+    int32_t *dst = plan->pages + p->page_begin;
+    if (p->npages <= 8) {
+      for (int32_t k = 0; k < p->npages; k++) dst[k] = row[k];
+    } else {
+      memcpy(dst, row, (size_t)p->npages * sizeof *row);
+    }
+    int32_t base = p->npages, extra = 0, off = 0;
+    if (p->splits > 1) { base = p->npages / p->splits; extra = p->npages % p->splits; }
     int32_t shortfall = p->npages * c->ps - p->kv_len;
     for (int32_t j = 0; j < p->splits; j++) {
       int32_t pg = base + (j < extra ? 1 : 0);
       int32_t T = pg * c->ps - (j + 1 == p->splits ? shortfall : 0);
-      if (p->nq != memo_nq || T != memo_t) {  /* packs come in runs of one shape */
-        memo_nq = p->nq;
-        memo_t = T;
-        memo_tile = pick_tile(s, p->nq * c->gqa, T);
+      uint32_t h = hash32((uint32_t)T * 31u + (uint32_t)p->nq) & (TILE_CACHE - 1);
+      if (tc[h].nq != p->nq || tc[h].t != T) {
+        tc[h].nq = p->nq;
+        tc[h].t = T;
+        tc[h].tile = pick_tile(s, p->nq * c->gqa, T);
       }
-      int tile = memo_tile;
+      int tile = tc[h].tile;
       fp[f] = (fpack){i, off, T, tile};
       key[f] = tile * 32 + (31 - ilog2(T));
       bucket[key[f] + 1]++;
@@ -694,7 +841,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   plan->kv_tokens_read = read;
   rc = 0;
 out:
-  free(fp); free(key); free(perm); free(bucket); free(next);
+  free(fp);
   return rc;
 }
 
@@ -714,6 +861,33 @@ void pat_host_plan_free(pat_host_plan *plan)
   memset(plan, 0, sizeof *plan);
 }
 
+/* Carves the per-call scratch out of one allocation. Returns -1 when out of memory. */
+static int alloc_scratch(ctx *c)
+{
+  size_t n = (size_t)c->n, nn = 2 * n + 1;
+  c->hcap = pow2_at_least(n * 2);
+  size_t bytes = nn * sizeof(node)
+               + (8 * n + 1 + 2 * c->hcap + (size_t)c->cap + 1 + 2 * nn) * sizeof(int32_t);
+  char *p = malloc(bytes);
+  if (!p) return -1;
+  c->block = p;
+  c->nodes = (node *)(void *)p;           p += nn * sizeof(node);
+  int32_t *w = (int32_t *)(void *)p;
+  c->nf = w;    w += n;
+  c->tl = w;    w += n;
+  c->order = w; w += n;
+  c->cnt = w;   w += n;
+  c->gid = w;   w += n;
+  c->gcnt = w;  w += n + 1;
+  c->tmp = w;   w += n;
+  c->gslot = w; w += n;
+  c->hkey = w;  w += c->hcap;
+  c->hval = w;  w += c->hcap;
+  c->mr = w;    w += (size_t)c->cap + 1;
+  /* inh and sa of emit_prefix: the last 2 x nn entries */
+  return 0;
+}
+
 int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
                     char *err, size_t errlen)
 {
@@ -727,6 +901,8 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.b = b;
   c.o = o;
   c.s = o->spec;
+  c.bt = b->block_table;
+  c.stride = (size_t)b->block_table_stride;
   c.n = b->num_queries;
   c.ps = b->page_size;
   c.gqa = b->gqa;
@@ -740,22 +916,40 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.cmerge = 2.0 * c.gqa + 1.0;
 
   size_t n = (size_t)c.n;
-  c.nf = malloc(n * sizeof *c.nf);
-  c.order = malloc(n * sizeof *c.order);
-  c.nodes = malloc((2 * n + 1) * sizeof *c.nodes);
-  int32_t *cnt = calloc(n, sizeof *cnt);
-  int32_t *inh = malloc((2 * n + 1) * sizeof *inh);
-  int32_t *sa = malloc((2 * n + 1) * sizeof *sa);
   c.bpcap = c.n + 16;
   c.bp = malloc((size_t)c.bpcap * sizeof *c.bp);
   int rc = -1;
   int64_t unique = 0;
-  if (!c.nf || !c.order || !c.nodes || !cnt || !inh || !sa || !c.bp) { set_err(err, errlen, "out of memory"); goto out; }
-  for (int32_t q = 0; q < c.n; q++) {
-    c.nf[q] = b->seq_lens[q] / c.ps;
-    c.order[q] = q;
+  if (!c.bp || alloc_scratch(&c)) { set_err(err, errlen, "out of memory"); goto out; }
+  int32_t *inh = c.mr + c.cap + 1, *sa = inh + (2 * n + 1);
+  c.mf = mfit(c.s, c.cap * c.gqa);
+  for (int32_t r = 0; r <= c.cap; r++) c.mr[r] = mfit(c.s, r * c.gqa);
+  memset(c.hval, 0xff, c.hcap * sizeof *c.hval);  /* -1: empty */
+  {
+    const int32_t *sl = b->seq_lens;
+    int32_t ps = c.ps, ntails = 0;
+    int64_t tail_sum = 0;
+    if ((ps & (ps - 1)) == 0) {
+      int sh = __builtin_ctz((unsigned)ps);
+      for (int32_t q = 0; q < c.n; q++) {
+        c.nf[q] = sl[q] >> sh;
+        c.tl[q] = sl[q] & (ps - 1);
+      }
+    } else {
+      for (int32_t q = 0; q < c.n; q++) {
+        c.nf[q] = sl[q] / ps;
+        c.tl[q] = sl[q] - c.nf[q] * ps;
+      }
+    }
+    for (int32_t q = 0; q < c.n; q++) {
+      c.order[q] = q;
+      ntails += c.tl[q] > 0;
+      tail_sum += c.tl[q];
+    }
+    c.ntails = ntails;
+    c.tail_tokens = tail_sum;
   }
-  if (build_tree(&c)) { set_err(err, errlen, "out of memory"); goto out; }
+  build_tree(&c);
   if (check_pages(&c, &unique, err, errlen)) goto out;
 
   if (o->mode == PAT_SCHED_PREFIX) {
@@ -764,12 +958,11 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   } else {
     for (int32_t i = 0; i < c.n; i++) {
       int32_t q = c.order[i];
-      if (push_bpack(&c, i, 1, 0, num_pages_of(&c, q), b->seq_lens[q])) { set_err(err, errlen, "out of memory"); goto out; }
+      push_bpack(&c, i, 1, 0, num_pages_of(&c, q), b->seq_lens[q]);
+      c.cnt[q] = 1;
     }
   }
-  for (int32_t i = 0; i < c.nbp; i++)
-    for (int32_t j = 0; j < c.bp[i].nq; j++) cnt[c.order[c.bp[i].q_lo + j]]++;
-  if (split_packs(&c, cnt) || assemble(&c, cnt, plan)) {
+  if (split_packs(&c, c.cnt) || assemble(&c, c.cnt, plan)) {
     pat_host_plan_free(plan);
     set_err(err, errlen, "out of memory or plan too large");
     goto out;
@@ -777,6 +970,6 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   plan->kv_tokens_unique = unique;
   rc = 0;
 out:
-  free(c.nf); free(c.order); free(c.nodes); free(cnt); free(inh); free(sa); free(c.bp);
+  free(c.block); free(c.bp);
   return rc;
 }
