@@ -12,15 +12,6 @@
 #include "spec.h"
 #include "tree.h"
 
-static const char *const PAPER_TREES[] = {
-  "1,10_4096,416", "1,256_256,32", "1,1024_2048,32", "1,2,64_1024,256,256", "1,4,256_32,256,32",
-  "1,8,512_32,512,256", "1,8,512_32,2048,256", "1,8,512_512,512,256", "1,4,8,256_32,256,256,32",
-  "1,4,16,512_1024,256,128,32", "1,4,16,64,256,1024_256,32,256,64,32,256",
-  "1,16,32,64,128,1024_256,128,64,32,32,32", "1,16,32,64,256,1024_256,128,64,32,32,32",
-  "1,8,16,32,64,128,1024_256,128,64,32,32,32,32", "1,8,16,32,64,256,1024_256,128,64,32,32,32,32",
-  "2,8,16,256_256,256,32,32", "4,16,256,512_512,32,128,32", "8,16,32,256_512,512,256,32",
-  "256_1024", "256_4096"};
-enum { NUM_TREES = sizeof PAPER_TREES / sizeof *PAPER_TREES };
 static const int HEADS[][2] = {{32, 32}, {16, 8}, {32, 8}, {64, 8}};
 
 typedef struct row {
@@ -62,7 +53,7 @@ int main(int argc, char **argv)
         if (sscanf(t, "%d/%d", &heads[nheads][0], &heads[nheads][1]) == 2) nheads++;
     } else { usage(); return 2; }
   }
-  if (!ntrees) for (int i = 0; i < NUM_TREES; i++) trees[ntrees++] = PAPER_TREES[i];
+  if (!ntrees) for (int i = 0; i < PAT_NUM_PAPER_TREES; i++) trees[ntrees++] = pat_paper_trees[i];
   if (!nheads) for (int i = 0; i < 4; i++) { heads[i][0] = HEADS[i][0]; heads[i][1] = HEADS[i][1]; nheads++; }
 
   char err[8192];

@@ -12,15 +12,6 @@
 
 #define REPS 200
 
-static const char *const trees[] = {
-  "1,10_4096,416", "1,256_256,32", "1,1024_2048,32", "1,2,64_1024,256,256",
-  "1,4,256_32,256,32", "1,8,512_32,512,256", "1,8,512_32,2048,256", "1,8,512_512,512,256",
-  "1,4,8,256_32,256,256,32", "1,4,16,512_1024,256,128,32",
-  "1,4,16,64,256,1024_256,32,256,64,32,256", "1,16,32,64,128,1024_256,128,64,32,32,32",
-  "1,16,32,64,256,1024_256,128,64,32,32,32", "1,8,16,32,64,128,1024_256,128,64,32,32,32,32",
-  "1,8,16,32,64,256,1024_256,128,64,32,32,32,32", "2,8,16,256_256,256,32,32",
-  "4,16,256,512_512,32,128,32", "8,16,32,256_512,512,256,32", "256_1024", "256_4096",
-};
 
 static double now_us(void)
 {
@@ -82,11 +73,11 @@ int main(void)
   pat_spec spec;
   make_spec(&spec);
   char err[256];
-  for (size_t i = 0; i < sizeof trees / sizeof trees[0]; i++) {
+  for (int i = 0; i < PAT_NUM_PAPER_TREES; i++) {
     pat_workload w;
-    if (pat_tree_parse(trees[i], 32, 1, &w, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
-    run(trees[i], &w, &spec, 1, 32);
-    run(trees[i], &w, &spec, 8, 8);
+    if (pat_tree_parse(pat_paper_trees[i], 32, 1, &w, err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
+    run(pat_paper_trees[i], &w, &spec, 1, 32);
+    run(pat_paper_trees[i], &w, &spec, 8, 8);
     pat_workload_free(&w);
   }
   static const int sizes[] = {64, 256, 1024};

@@ -8,6 +8,10 @@
 
 #include "sched.h"
 
+/* The PAT paper's 20 benchmark trees (shared/workloads/paper-trees.txt), in its order. */
+#define PAT_NUM_PAPER_TREES 20
+extern const char *const pat_paper_trees[PAT_NUM_PAPER_TREES];
+
 /* A batch with its own arrays (free with pat_workload_free). */
 typedef struct pat_workload {
   int32_t num_queries;

@@ -11,29 +11,6 @@
 #include "sched.h"
 #include "tree.h"
 
-static const char *const paper_trees[] = {
-  "1,10_4096,416",
-  "1,256_256,32",
-  "1,1024_2048,32",
-  "1,2,64_1024,256,256",
-  "1,4,256_32,256,32",
-  "1,8,512_32,512,256",
-  "1,8,512_32,2048,256",
-  "1,8,512_512,512,256",
-  "1,4,8,256_32,256,256,32",
-  "1,4,16,512_1024,256,128,32",
-  "1,4,16,64,256,1024_256,32,256,64,32,256",
-  "1,16,32,64,128,1024_256,128,64,32,32,32",
-  "1,16,32,64,256,1024_256,128,64,32,32,32",
-  "1,8,16,32,64,128,1024_256,128,64,32,32,32,32",
-  "1,8,16,32,64,256,1024_256,128,64,32,32,32,32",
-  "2,8,16,256_256,256,32,32",
-  "4,16,256,512_512,32,128,32",
-  "8,16,32,256_512,512,256,32",
-  "256_1024",
-  "256_4096",
-};
-#define NUM_PAPER_TREES ((int)(sizeof paper_trees / sizeof paper_trees[0]))
 
 static const int gqas[] = {1, 4, 7, 8};
 
@@ -390,24 +367,24 @@ static int64_t read_lower_bound(const char *tree, int cap)
 
 Test(sched, paper_trees_reads)
 {
-  for (int i = 0; i < NUM_PAPER_TREES; i++) {
+  for (int i = 0; i < PAT_NUM_PAPER_TREES; i++) {
     pat_spec spec;
     make_spec(&spec, 0, 0, 32);
     pat_workload w;
     char err[256];
-    cr_assert_eq(pat_tree_parse(paper_trees[i], 32, 42, &w, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(pat_tree_parse(pat_paper_trees[i], 32, 42, &w, err, sizeof err), 0, "%s", err);
     pat_batch b = pat_workload_batch(&w, 1);
     pat_sched_opts o = make_opts(&spec, 132, 8, PAT_SCHED_PREFIX);
     pat_host_plan p;
-    cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s: %s", paper_trees[i], err);
-    check_plan(&b, &spec, &p, w.unique_tokens, paper_trees[i]);
-    int64_t lb = read_lower_bound(paper_trees[i], max_m(&spec));
+    cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s: %s", pat_paper_trees[i], err);
+    check_plan(&b, &spec, &p, w.unique_tokens, pat_paper_trees[i]);
+    int64_t lb = read_lower_bound(pat_paper_trees[i], max_m(&spec));
     cr_assert(p.kv_tokens_read <= lb + lb * 15 / 100,
-              "%s: reads %lld tokens, lower bound %lld (unique %lld)", paper_trees[i],
+              "%s: reads %lld tokens, lower bound %lld (unique %lld)", pat_paper_trees[i],
               (long long)p.kv_tokens_read, (long long)lb, (long long)p.kv_tokens_unique);
     /* Where one pack can hold every query of a node, that bound is the unique tokens. */
     if (lb == p.kv_tokens_unique)
-      cr_assert(p.kv_tokens_read <= p.kv_tokens_unique + p.kv_tokens_unique / 10, "%s", paper_trees[i]);
+      cr_assert(p.kv_tokens_read <= p.kv_tokens_unique + p.kv_tokens_unique / 10, "%s", pat_paper_trees[i]);
     pat_host_plan_free(&p);
     pat_workload_free(&w);
   }

@@ -77,7 +77,26 @@ class PlanInfo:
     build_us: float
 
 
-class Context:
+class _Closing:
+    """``with`` support and close-on-collection for objects that own a library handle."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Context(_Closing):
     """One spec on one CUDA device: owns the compiled kernels and the forward streams.
 
     Args:
@@ -173,18 +192,6 @@ class Context:
         self._lib.pat_context_destroy(self._handle)
         self._handle = None
 
-    def __enter__(self) -> "Context":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def _require(self) -> int:
         if not self._handle:
             raise PatError("the pat context is closed")
@@ -271,7 +278,7 @@ def _device_index(device: Any) -> int:
     raise PatArgumentError("device", f"expected a CUDA device (an ordinal, 'cuda:N' or torch.device), got {device!r}")
 
 
-class Plan:
+class Plan(_Closing):
     """One decode step's schedule (``pat_plan``), reused by every layer.
 
     Made by :meth:`Context.plan`. Destroyed by :meth:`close`, by the garbage collector, or
@@ -295,18 +302,6 @@ class Plan:
         h, self._handle = self._handle, None
         if h and self.context._handle:
             self.context._lib.pat_plan_destroy(h)
-
-    def __enter__(self) -> "Plan":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
     def _require(self) -> int:
         if not self._handle:
