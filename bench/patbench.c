@@ -26,13 +26,13 @@ static void usage(void)
   fprintf(stderr,
     "usage: patbench [--spec SPEC] [--trees T1;T2...] [--heads 32/8,64/8] [--iters N]\n"
     "                [--check N] [--out FILE.jsonl] [--mma-tflops R]\n"
-    "  defaults: specs/paper.yaml, the paper's 20 trees, heads 32/32,16/8,32/8,64/8, 100 iters,\n"
+    "  defaults: specs/default.yaml, the paper's 20 trees, heads 32/32,16/8,32/8,64/8, 100 iters,\n"
     "  16 checked queries per run, JSON lines to stdout only when --out is not given\n");
 }
 
 int main(int argc, char **argv)
 {
-  const char *spec_path = "specs/paper.yaml", *out_path = NULL;
+  const char *spec_path = "specs/default.yaml", *out_path = NULL;
   const char *trees[64];
   int ntrees = 0, heads[16][2], nheads = 0, iters = 100, check = 16;
   double mma_tflops = 745; /* fp16 dense matmul rate measured on these GPUs (shared/PAT.md) */

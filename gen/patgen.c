@@ -21,9 +21,10 @@ static void usage(FILE *f)
     "       patgen compile SPEC.yaml [--arch sm_XX]...\n"
     "                                    compile every kernel with NVRTC (no GPU needed) and\n"
     "                                    print registers, spills and shared memory\n"
-    "       patgen run [SPEC.yaml] [--tree TREE] [--heads Q/KV]\n"
+    "       patgen run [SPEC.yaml] [--tree TREE] [--heads Q/KV] [--iters N] [--ordered-pages]\n"
     "                                    generate, compile and run a decode workload on the\n"
-    "                                    GPU (default spec: specs/default.yaml)\n"
+    "                                    GPU (default spec: specs/default.yaml; page ids are\n"
+    "                                    shuffled unless --ordered-pages)\n"
     "       patgen plan TREE [--spec SPEC.yaml] [--heads Q/KV] [--sms N]\n"
     "                                    print the pack plan of a workload tree (\"1,8,512_32,512,256\")\n"
     "       patgen --help | --version\n");

@@ -17,7 +17,7 @@
 
 typedef struct run_args {
   const char *spec, *tree;
-  int q_heads, kv_heads, num_sms, iters;
+  int q_heads, kv_heads, num_sms, iters, ordered;
 } run_args;
 
 static int parse_args(int argc, char **argv, run_args *a, int tree_positional)
@@ -28,6 +28,7 @@ static int parse_args(int argc, char **argv, run_args *a, int tree_positional)
     else if (!strcmp(argv[i], "--spec") && v) a->spec = argv[++i];
     else if (!strcmp(argv[i], "--sms") && v) a->num_sms = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--iters") && v) a->iters = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--ordered-pages")) a->ordered = 1;
     else if (!strcmp(argv[i], "--heads") && v) {
       if (sscanf(argv[++i], "%d/%d", &a->q_heads, &a->kv_heads) != 2 || a->q_heads <= 0 ||
           a->kv_heads <= 0 || a->q_heads % a->kv_heads) {
@@ -91,7 +92,7 @@ int patgen_cmd_run(int argc, char **argv)
          name, arch, sms, spec.num_tiles * spec.num_gqa + 1,
          (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
   pat_workload w;
-  if (pat_tree_parse(a.tree, spec.page_size, 42, &w, err, sizeof err)) {
+  if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {
     fprintf(stderr, "patgen: tree '%s': %s\n", a.tree, err);
     pat_context_destroy(ctx);
     return 2;
@@ -139,7 +140,7 @@ int patgen_cmd_plan(int argc, char **argv)
     return 1;
   }
   pat_workload w;
-  if (pat_tree_parse(a.tree, spec.page_size, 42, &w, err, sizeof err)) {
+  if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {
     fprintf(stderr, "patgen plan: tree '%s': %s\n", a.tree, err);
     return 2;
   }

@@ -43,13 +43,13 @@ static int rand_in(uint64_t *s, int lo, int hi)
   return lo + (int)(splitmix64(s) % (uint64_t)(hi - lo + 1));
 }
 
-/* perm[i] for i < n: a seeded permutation of 0 .. n-1 (Fisher-Yates). */
+/* perm[i] for i < n: a seeded permutation of 0 .. n-1 (Fisher-Yates); seed 0: identity. */
 static int32_t *shuffled_ids(int32_t n, uint64_t *s)
 {
   int32_t *p = malloc((size_t)(n > 0 ? n : 1) * sizeof *p);
   if (!p) return NULL;
   for (int32_t i = 0; i < n; i++) p[i] = i;
-  for (int32_t i = n - 1; i > 0; i--) {
+  for (int32_t i = n - 1; i > 0 && *s; i--) {
     int32_t j = (int32_t)(splitmix64(s) % (uint64_t)(i + 1));
     int32_t t = p[i]; p[i] = p[j]; p[j] = t;
   }

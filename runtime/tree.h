@@ -36,7 +36,8 @@ typedef struct pat_random_tree_opts {
 
 /* Parses a tree "C0,C1,..,Ck_L0,L1,..,Lk" (nodes per level _ tokens per node per level; each
 ** node of level l has C(l+1)/C(l) children) and builds its batch: every node gets its own
-** pages, page ids shuffled by `seed`, one block table row per leaf. Inner-level lengths must
+** pages, page ids shuffled by `seed` (seed 0: pages in tree order, no shuffle), one block
+** table row per leaf. Inner-level lengths must
 ** be multiples of page_size; the leaf level may be ragged. Returns 0, or -1 with a message
 ** in err and *w zeroed. Reentrant. */
 int pat_tree_parse(const char *text, int page_size, uint64_t seed, pat_workload *w,

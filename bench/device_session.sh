@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# device_session.sh PHASE: one GPU-machine session's readings from the bundle of
+# `make gpu-bundle` (carry build/gpu; build/pylib optional: a pytest for machines without
+# one). Logs go to ${OUT:-build}. Phases:
+#   tests     the GPU test suites and the default job (tests/gpu_run.sh)
+#   python    the Python binding's tests (GPU ones included) and the decode demo
+#   patbench  all paper trees x 4 head configs, default spec
+#   peers     the PyTorch peers on the same workloads (bench/peers.py)
+#   probe   per-kernel durations and DRAM bytes (ncu) on a few trees
+set -u -o pipefail
+out=${OUT:-build}
+export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PAT_CACHE_DIR=${PAT_CACHE_DIR:-$PWD/build/gpu_cache}
+export PAT_LIBRARY=$PWD/build/gpu/libpat.so
+py=python3
+for p in python3 /opt/torch/.venv/bin/python3; do
+  if $p -c 'import torch' 2>/dev/null; then py=$p; break; fi
+done
+$py -c 'import pytest' 2>/dev/null || export PYTHONPATH=$PWD/build/pylib
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+tag=$(echo "$gpu" | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')-$(date +%F)
+echo "GPU: $gpu   python: $py   tag: $tag"
+case "${1:-}" in
+tests)
+  timeout 400 tests/gpu_run.sh gpu*
+  ;;
+python)
+  echo "== Python binding on the GPU"
+  timeout 200 $py -m pytest python/tests -q -rs -p no:cacheprovider 2>&1 | tee "$out/pytest-$tag.log"
+  echo "== decode demo"
+  timeout 200 $py python/examples/decode_demo.py --json "$out/demo-$tag.json" 2>&1 | tee "$out/demo-$tag.log"
+  ;;
+patbench)
+  timeout 270 build/gpu/patbench --spec specs/default.yaml --out "$out/patbench-default-$tag.jsonl" 2>&1 | tee "$out/patbench-default-$tag.txt"
+  ;;
+peers)
+  timeout 200 $py bench/peers.py --deadline-s 170 --iters 50 --out "$out/peers-$tag.jsonl" 2>&1 | tail -40 | tee "$out/peers-$tag.txt"
+  ;;
+probe)
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  i=0
+  for t in ${TREES:-1,10_4096,416 2,8,16,256_256,256,32,32 1,1024_2048,32}; do
+    for h in ${HEADS:-16/8 64/8}; do
+      i=$((i + 1)); echo "== probe $i: $t $h" | tee -a "$out/probe-$tag.log"
+      timeout 100 $ncu --clock-control none --csv --print-units base \
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size \
+        build/gpu/patgen run --tree $t --heads $h --iters 1 > "$out/probe-$tag-$i.csv" 2>&1
+    done
+  done
+  ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe"; exit 2 ;;
+esac
