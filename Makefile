@@ -34,7 +34,7 @@ CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
 .PHONY: test-only gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
-all: bin/patgen bin/patbench build/libpat.a build/libpat.so
+all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so
 
 help:
 	@echo "make deps            install the Debian packages pat needs (apt-get)"
@@ -83,6 +83,10 @@ bin/patbench: build/obj/bench/patbench.o build/obj/bench/harness.o build/libpat.
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 
+bin/pattune: build/obj/bench/tune.o build/obj/bench/harness.o build/libpat.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS) -lm
+
 bin/patgen: $(CLI_OBJ) build/libpat.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
@@ -119,7 +123,7 @@ gpu-bundle: bin/patgen build/libpat.so $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
 	@mkdir -p build/gpu/lib
 	$(Q)$(CC) -o build/gpu/tests $(TEST_OBJ) $(OBJ) $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
 	$(Q)cp bin/patgen build/libpat.so $(LUA_SO) build/gpu/
-	$(Q)if [ -f bench/patbench.c ]; then $(MAKE) -s bin/patbench && cp bin/patbench build/gpu/; fi
+	$(Q)$(MAKE) -s bin/patbench bin/pattune && cp bin/patbench bin/pattune build/gpu/
 	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
 	  xargs -r -I{} cp -L {} build/gpu/lib/
 	@echo "gpu-bundle: build/gpu ($$(du -sh build/gpu | cut -f1)); run tests/gpu_run.sh on the GPU machine"

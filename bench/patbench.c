@@ -71,8 +71,8 @@ int main(int argc, char **argv)
   time_t now = time(NULL);
   char date[32];
   strftime(date, sizeof date, "%Y-%m-%d", gmtime(&now));
-  fprintf(stderr, "%s: copy bandwidth %.2f TB/s; spec %s; %d trees x %d head configs\n", gpu,
-          bw / 1e12, spec_path, ntrees, nheads);
+  fprintf(stderr, "%s: copy bandwidth %.2f TB/s; spec %s; %d trees x %d head configs\ntuning: %s\n", gpu,
+          bw / 1e12, spec_path, ntrees, nheads, pat_context_tuning(ctx));
 
   row *rows = calloc((size_t)ntrees * nheads, sizeof *rows);
   int nrows = 0, failures = 0;
@@ -134,8 +134,8 @@ int main(int argc, char **argv)
   int n = 0, nn = 0;
   double worst = 0;
   const row *worst_row = NULL;
-  printf("\n%s, %s, copy %.2f TB/s\n%-46s %6s %9s %9s %7s %9s %7s %6s\n", gpu, spec_path, bw / 1e12,
-         "tree", "heads", "floor_us", "prefix", "x", "direct", "x", "read");
+  printf("\n%s, %s, copy %.2f TB/s\ntuning: %s\n%-46s %6s %9s %9s %7s %9s %7s %6s\n", gpu, spec_path, bw / 1e12,
+         pat_context_tuning(ctx), "tree", "heads", "floor_us", "prefix", "x", "direct", "x", "read");
   for (int i = 0; i < nrows; i++) {
     const row *r = &rows[i];
     printf("%-46s %2d/%-3d %9.1f %9.1f %7.2f %9.1f %7.2f %6.2f%s\n", r->tree, r->qh, r->kvh,

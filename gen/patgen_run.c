@@ -88,9 +88,12 @@ int patgen_cmd_run(int argc, char **argv)
   char name[128];
   int sms = 0, arch = 0;
   pat_context_device(ctx, &sms, &arch, name, sizeof name);
-  printf("device: %s (sm_%d, %d SMs); context with %d kernels ready in %.0f ms (NVRTC or disk cache)\n",
-         name, arch, sms, spec.num_tiles * spec.num_gqa + 1,
-         (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6);
+  pat_spec_info si;
+  pat_context_spec_info(ctx, &si);
+  printf("device: %s (sm_%d, %d SMs); context with %d kernels ready in %.0f ms (NVRTC or disk cache)\n"
+         "tuning: %s\n",
+         name, arch, sms, si.num_tiles * si.num_gqa + 1,
+         (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6, pat_context_tuning(ctx));
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {
     fprintf(stderr, "patgen: tree '%s': %s\n", a.tree, err);

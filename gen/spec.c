@@ -1,4 +1,5 @@
-/* spec.c: YAML spec -> validated struct pat_spec, through libyaml's document API.
+/* spec.c: YAML spec -> validated struct pat_spec, and tuning table -> struct pat_tuning,
+** through libyaml's document API.
 ** Every error reads "FILE:LINE:COLUMN: error: MESSAGE"; the caller's struct is written only on
 ** success. No global state: safe to call from several threads at once. */
 #ifndef _GNU_SOURCE
@@ -39,6 +40,8 @@ static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
                                        "gqa", "tiles", "split", "archs"};
 static const char *const tile_keys[] = {"m", "n", "warps", "stages"};
 static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm"};
+static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
+static const char *const choice_keys[] = {"gqa", "rows", "m", "n", "warps", "stages"};
 #define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static const int valid_archs[] = {80, 86, 89, 90};
@@ -609,15 +612,19 @@ static int fail_yaml(const parse_ctx *c, const yaml_parser_t *p)
   return fail_mark(c, p->problem_mark, "%s", problem);
 }
 
-int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec *spec,
-                   char *err, size_t errlen)
+/* Parses one YAML document held in memory: `root` fills tmp (size bytes), which is copied to
+** out only when the whole stream is good (one document, nothing after it). */
+typedef int (*root_fn)(const parse_ctx *c, void *tmp);
+
+static int parse_text(const char *text, size_t len, const char *filename, root_fn root, void *tmp,
+                      void *out, size_t size, char *err, size_t errlen)
 {
   if (err && errlen)
     err[0] = '\0';
   parse_ctx c = {.file = filename ? filename : "<string>", .text = (const unsigned char *)text,
                  .len = text ? len : 0, .err = err, .errlen = errlen};
-  if (!spec)
-    return fail_at(&c, 1, 1, "no output spec given");
+  if (!out)
+    return fail_at(&c, 1, 1, "no output given");
 
   yaml_parser_t parser;
   yaml_document_t doc, extra;
@@ -630,11 +637,7 @@ int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec 
     return -1;
   }
   c.doc = &doc;
-
-  pat_spec tmp;
-  pat_spec_defaults(&tmp);
-  copy_str(tmp.path, sizeof tmp.path, c.file);
-  int rc = parse_root(&c, &tmp);
+  int rc = root(&c, tmp);
 
   /* The rest of the stream must be empty: no second document, no syntax error after the first. */
   if (rc == 0) {
@@ -650,14 +653,30 @@ int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec 
   yaml_document_delete(&doc);
   yaml_parser_delete(&parser);
   if (rc == 0)
-    *spec = tmp;
+    memcpy(out, tmp, size);  /* never half-applied */
   return rc;
 }
 
-int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
+static int spec_root(const parse_ctx *c, void *tmp)
 {
-  if (err && errlen)
-    err[0] = '\0';
+  pat_spec *s = tmp;
+  pat_spec_defaults(s);
+  copy_str(s->path, sizeof s->path, c->file);
+  return parse_root(c, s);
+}
+
+int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec *spec,
+                   char *err, size_t errlen)
+{
+  pat_spec tmp;
+  return parse_text(text, len, filename, spec_root, &tmp, spec, sizeof tmp, err, errlen);
+}
+
+/* Reads a whole file of at most SPEC_FILE_MAX bytes; *text is malloc'd and NUL-terminated. */
+static int read_file(const char *path, char **text, size_t *len, char *err, size_t errlen)
+{
+  *text = NULL;
+  *len = 0;
   FILE *f = fopen(path, "rb");
   if (!f) {
     char buf[128];
@@ -666,49 +685,143 @@ int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
       snprintf(err, errlen, "%s: error: cannot open: %s", path, why);
     return -1;
   }
-  size_t cap = 4096, len = 0;
-  char *text = malloc(cap);
+  char *t = malloc(SPEC_FILE_MAX + 2);
+  size_t n = t ? fread(t, 1, SPEC_FILE_MAX + 1, f) : 0;
   int rc = -1;
-  if (!text) {
-    if (err && errlen)
-      snprintf(err, errlen, "%s: error: out of memory", path);
-    goto done;
+  if (!t) {
+    if (err && errlen) snprintf(err, errlen, "%s: error: out of memory", path);
+  } else if (ferror(f)) {
+    if (err && errlen) snprintf(err, errlen, "%s: error: cannot read", path);
+  } else if (n > SPEC_FILE_MAX) {
+    if (err && errlen) snprintf(err, errlen, "%s: error: file is larger than %d bytes", path, SPEC_FILE_MAX);
+  } else {
+    t[n] = '\0';
+    *text = t;
+    *len = n;
+    rc = 0;
   }
-  for (;;) {
-    if (len == cap) {
-      if (cap > SPEC_FILE_MAX) {
-        if (err && errlen)
-          snprintf(err, errlen, "%s: error: file is larger than %d bytes", path, SPEC_FILE_MAX);
-        goto done;
-      }
-      char *grown = realloc(text, cap * 2);
-      if (!grown) {
-        if (err && errlen)
-          snprintf(err, errlen, "%s: error: out of memory", path);
-        goto done;
-      }
-      text = grown;
-      cap *= 2;
-    }
-    size_t got = fread(text + len, 1, cap - len, f);
-    len += got;
-    if (got == 0) {
-      if (ferror(f)) {
-        if (err && errlen)
-          snprintf(err, errlen, "%s: error: cannot read", path);
-        goto done;
-      }
-      break;
-    }
-  }
-  if (len > SPEC_FILE_MAX) {
-    if (err && errlen)
-      snprintf(err, errlen, "%s: error: file is larger than %d bytes", path, SPEC_FILE_MAX);
-    goto done;
-  }
-  rc = pat_spec_parse(text, len, path, spec, err, errlen);
-done:
-  free(text);
+  if (rc) free(t);
   fclose(f);
+  return rc;
+}
+
+int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
+{
+  if (err && errlen)
+    err[0] = '\0';
+  char *text;
+  size_t len;
+  if (read_file(path, &text, &len, err, errlen))
+    return -1;
+  int rc = pat_spec_parse(text, len, path, spec, err, errlen);
+  free(text);
+  return rc;
+}
+
+/* ---- tuning tables ---- */
+
+static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat_tuning_choice *ch)
+{
+  char where[32];
+  snprintf(where, sizeof where, "choices[%d]: ", index);
+  if (n->type != YAML_MAPPING_NODE)
+    return fail_type(c, n, "choices[]", "a mapping with keys gqa, rows, m, n, warps, stages");
+  int have[6] = {0};
+  int *fields[6] = {&ch->gqa, &ch->rows, &ch->tile.m, &ch->tile.n, &ch->tile.warps, &ch->tile.stages};
+  for (int i = 0; i < mapping_size(n); i++) {
+    int which = 0;
+    if (map_key(c, n, i, where, choice_keys, NKEYS(choice_keys), &which))
+      return -1;
+    char what[48];
+    snprintf(what, sizeof what, "choices[%d]: %s", index, choice_keys[which]);
+    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, 1, 4096, fields[which]))
+      return -1;
+    have[which] = 1;
+  }
+  for (int i = 0; i < 6; i++)
+    if (!have[i])
+      return fail_node(c, n, "choices[%d]: missing required key '%s'", index, choice_keys[i]);
+  if (ch->rows != 16 && ch->rows != 32 && ch->rows != 64 && ch->rows != 128 && ch->rows != 256)
+    return fail_node(c, n, "choices[%d]: rows must be 16, 32, 64, 128 or 256, got %d", index, ch->rows);
+  if (ch->tile.m < ch->rows)
+    return fail_node(c, n, "choices[%d]: a tile of m %d cannot hold %d rows", index, ch->tile.m, ch->rows);
+  ch->tile.mark = mark_of(n);
+  return 0;
+}
+
+static int tuning_root(const parse_ctx *c, void *tmp)
+{
+  pat_tuning *t = tmp;
+  memset(t, 0, sizeof *t);
+  copy_str(t->path, sizeof t->path, c->file);
+  const yaml_node_t *root = yaml_document_get_root_node(c->doc);
+  if (!root)
+    return fail_at(c, 1, 1, "expected a mapping at the top level, got an empty document");
+  if (root->type != YAML_MAPPING_NODE)
+    return fail_type(c, root, "top level", "a mapping");
+  int have_spec = 0;
+  for (int i = 0; i < mapping_size(root); i++) {
+    int which = 0;
+    if (map_key(c, root, i, "", tuning_keys, NKEYS(tuning_keys), &which))
+      return -1;
+    const yaml_node_t *v = node_at(c, root->data.mapping.pairs.start[i].value);
+    if (which == 0) {
+      pat_spec named;
+      if (parse_name(c, v, &named))
+        return -1;
+      copy_str(t->spec, sizeof t->spec, named.name);
+      have_spec = 1;
+    } else if (which == 1) {
+      if (v->type != YAML_SCALAR_NODE || is_null(v) || v->data.scalar.length >= sizeof t->gpu)
+        return fail_type(c, v, "gpu", "the device name (a string)");
+      memcpy(t->gpu, v->data.scalar.value, v->data.scalar.length);
+      t->gpu[v->data.scalar.length] = '\0';
+    } else if (which == 2) {
+      pat_spec sp;
+      pat_spec_defaults(&sp);
+      if (parse_split(c, v, &sp))
+        return -1;
+      t->split = sp.split;
+      t->has_split = 1;
+    } else {
+      if (v->type != YAML_SEQUENCE_NODE)
+        return fail_type(c, v, "choices", "a sequence of choice mappings");
+      int count = sequence_size(v);
+      for (int k = 0; k < count; k++) {
+        const yaml_node_t *item = node_at(c, v->data.sequence.items.start[k]);
+        if (k >= (int)NKEYS(t->choices))
+          return fail_node(c, item, "choices[%d]: too many choices (at most %d)", k, (int)NKEYS(t->choices));
+        if (parse_choice(c, item, k, &t->choices[k]))
+          return -1;
+        for (int j = 0; j < k; j++)
+          if (t->choices[j].gqa == t->choices[k].gqa && t->choices[j].rows == t->choices[k].rows)
+            return fail_node(c, item, "choices[%d]: gqa %d, rows %d already chosen at choices[%d]", k,
+                             t->choices[k].gqa, t->choices[k].rows, j);
+      }
+      t->num_choices = count;
+    }
+  }
+  if (!have_spec)
+    return fail_node(c, root, "missing required key 'spec'");
+  return 0;
+}
+
+int pat_tuning_parse(const char *text, size_t len, const char *filename, pat_tuning *t, char *err,
+                     size_t errlen)
+{
+  pat_tuning tmp;
+  return parse_text(text, len, filename, tuning_root, &tmp, t, sizeof tmp, err, errlen);
+}
+
+int pat_tuning_load(const char *path, pat_tuning *t, char *err, size_t errlen)
+{
+  if (err && errlen)
+    err[0] = '\0';
+  char *text;
+  size_t len;
+  if (read_file(path, &text, &len, err, errlen))
+    return -1;
+  int rc = pat_tuning_parse(text, len, path, t, err, errlen);
+  free(text);
   return rc;
 }

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #define PAT_MAX_TILES 16
+#define PAT_ROW_CLASSES 5  /* tuned tile choices by pack rows: <= 16, 32, 64, 128, 256 */
 #define PAT_MAX_GQA   16   /* distinct GQA ratios a spec may build */
 #define PAT_MAX_ARCHS 4
 #define PAT_NAME_MAX  64
@@ -46,6 +47,12 @@ typedef struct pat_spec {
   pat_split_policy split;
   int num_archs;
   int archs[PAT_MAX_ARCHS]; /* compute capability x 10: 80, 86, 89, 90 */
+  /* Set by a tuning table (gen/tuning.h), zero in a parsed spec: tile_choice[g][r] = k + 1
+  ** picks tiles[k] for packs of GQA gqa[g] whose rows fall in row class r; 0 leaves the
+  ** choice to the cost model, which looks at the first num_model_tiles tiles only (0: all;
+  ** tiles a table adds are used where it names them). */
+  unsigned char tile_choice[PAT_MAX_GQA][PAT_ROW_CLASSES];
+  int num_model_tiles;
 
   /* Where each field was written, for messages from later checks (templates, runtime). */
   pat_mark name_mark, dtype_mark, head_dim_mark, page_size_mark, gqa_mark,
@@ -65,5 +72,30 @@ int pat_spec_parse(const char *text, size_t len, const char *filename, pat_spec 
 int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen);
 
 const char *pat_dtype_name(pat_dtype dtype);   /* "fp16" or "bf16" */
+
+/* A tuning table as read from YAML (bench/tune.c writes them; specs/README.md shows one):
+** which spec and GPU it was measured for, a split policy, and tile choices per (GQA, row
+** class). Plain data. */
+typedef struct pat_tuning_choice {
+  int gqa;
+  int rows;       /* the row class's upper bound: 16, 32, 64, 128 or 256 */
+  pat_tile tile;
+} pat_tuning_choice;
+
+typedef struct pat_tuning {
+  char spec[PAT_NAME_MAX];   /* name of the spec it was tuned for */
+  char gpu[128];             /* device name it was measured on */
+  char path[PAT_PATH_MAX];   /* the file it came from */
+  int has_split;
+  pat_split_policy split;
+  int num_choices;
+  pat_tuning_choice choices[PAT_MAX_GQA * PAT_ROW_CLASSES];
+} pat_tuning;
+
+/* Parses a tuning table (keys: spec, gpu, split, choices; others such as date are kept as
+** comments by the writer and refused here) with the spec parser's messages. */
+int pat_tuning_parse(const char *text, size_t len, const char *filename, pat_tuning *t,
+                     char *err, size_t errlen);
+int pat_tuning_load(const char *path, pat_tuning *t, char *err, size_t errlen);
 
 #endif

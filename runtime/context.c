@@ -2,9 +2,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "internal.h"
+#include "tuning.h"
 
 PAT_API const char *pat_status_string(pat_status s)
 {
@@ -75,11 +77,68 @@ static pat_status create_failed(pat_context *ctx, pat_status st, char *msg, size
   return st;
 }
 
+/* Applies the tuning table beside the spec, or $PAT_TUNING's ("off": none). A table measured
+** on another GPU is left unused (the note says so); a broken or mismatched one is an error. */
+static pat_status apply_tuning(pat_context *ctx, const char *spec_path)
+{
+  const char *env = getenv("PAT_TUNING");
+  char path[PAT_PATH_MAX + 16];
+  size_t nl = sizeof ctx->tuning;
+  if (env && !strcmp(env, "off")) {
+    snprintf(ctx->tuning, nl, "none ($PAT_TUNING=off): cost model");
+    return PAT_OK;
+  }
+  if (env && *env) snprintf(path, sizeof path, "%s", env);
+  else pat_tuning_path(spec_path, path, sizeof path);
+  if (!(env && *env) && access(path, F_OK) != 0) {
+    snprintf(ctx->tuning, nl, "none (no %s): cost model", path);
+    return PAT_OK;
+  }
+  pat_tuning t;
+  if (pat_tuning_load(path, &t, ctx->err, sizeof ctx->err)) return PAT_ERR_SPEC;
+  if (strcmp(t.gpu, ctx->device_name)) {
+    snprintf(ctx->tuning, nl, "%s was tuned on %s, this is %s: not used (cost model)", path, t.gpu,
+             ctx->device_name);
+    return PAT_OK;
+  }
+  if (pat_tuning_apply(&t, &ctx->spec, ctx->err, sizeof ctx->err)) return PAT_ERR_SPEC;
+  snprintf(ctx->tuning, nl, "%s (tuned on %s): %d tile choices, split %d tokens / %d per query / %d CTAs per SM",
+           path, t.gpu, t.num_choices, ctx->spec.split.min_kv_per_split, ctx->spec.split.max_splits,
+           ctx->spec.split.ctas_per_sm);
+  return PAT_OK;
+}
+
+PAT_API const char *pat_context_tuning(const pat_context *ctx)
+{
+  return ctx ? ctx->tuning : "";
+}
+
+static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_context **out, char *msg,
+                         size_t msglen);
+
 PAT_API pat_status pat_context_create(const pat_context_desc *d, pat_context **out, char *msg,
                                       size_t msglen)
 {
+  return create(d, NULL, out, msg, msglen);
+}
+
+pat_status pat_context_create_spec(const pat_context_desc *d, const pat_spec *spec, pat_context **out,
+                                   char *msg, size_t msglen)
+{
+  if (!spec) {
+    if (out) *out = NULL;
+    if (msg && msglen) snprintf(msg, msglen, "pat_context_create_spec: no spec");
+    return PAT_ERR_INVALID_ARG;
+  }
+  return create(d, spec, out, msg, msglen);
+}
+
+/* With spec NULL: loads d->spec_path and its tuning table; else takes *spec as it is. */
+static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_context **out, char *msg,
+                         size_t msglen)
+{
   if (out) *out = NULL;
-  if (!d || !out || !d->spec_path) {
+  if (!d || !out || (!d->spec_path && !spec)) {
     if (msg && msglen) snprintf(msg, msglen, "pat_context_create: desc, desc->spec_path and out are required");
     return PAT_ERR_INVALID_ARG;
   }
@@ -94,7 +153,8 @@ PAT_API pat_status pat_context_create(const pat_context_desc *d, pat_context **o
   ctx->num_streams = d->num_streams > 0 ? d->num_streams : 4;
   if (ctx->num_streams > PAT_MAX_STREAMS) ctx->num_streams = PAT_MAX_STREAMS;
 
-  if (pat_spec_load(d->spec_path, &ctx->spec, ctx->err, sizeof ctx->err))
+  if (spec) ctx->spec = *spec;
+  else if (pat_spec_load(d->spec_path, &ctx->spec, ctx->err, sizeof ctx->err))
     return create_failed(ctx, PAT_ERR_SPEC, msg, msglen);
   if (!d->cache_dir) {
     if (pat_cache_dir_default(ctx->cache_dir, sizeof ctx->cache_dir)) ctx->cache_dir[0] = 0;
@@ -130,6 +190,12 @@ PAT_API pat_status pat_context_create(const pat_context_desc *d, pat_context **o
   }
   if (PAT_CU(cu, cu->cuCtxSetCurrent(ctx->cuctx), e, el))
     return create_failed(ctx, PAT_ERR_CUDA, msg, msglen);
+  if (spec) {
+    snprintf(ctx->tuning, sizeof ctx->tuning, "as given by the caller (no table read)");
+  } else {
+    pat_status tst = apply_tuning(ctx, d->spec_path);
+    if (tst) return create_failed(ctx, tst, msg, msglen);
+  }
 
   if (pat_generate(&ctx->spec, &ctx->src, ctx->err, sizeof ctx->err))
     return create_failed(ctx, PAT_ERR_COMPILE, msg, msglen);

@@ -25,6 +25,7 @@ struct pat_context {
   int device, arch, num_sms;
   char device_name[128];
   pat_spec spec;
+  char tuning[PAT_ERR_LEN];  /* what became of the tuning table (pat_context_tuning) */
   pat_kernel_set src;      /* generated sources; kernels[i] matches src.kernels[i] */
   pat_kernel *kernels;
   char cache_dir[1024];    /* "" when the disk cache is off */
@@ -64,6 +65,11 @@ struct pat_plan {
 };
 
 /* Records a formatted message as ctx's last error and returns status. */
+/* pat_context_create with a spec in memory, used as given (no tuning table is read); for
+** tools that change the spec, such as the tuner. d->spec_path may be NULL. */
+pat_status pat_context_create_spec(const pat_context_desc *d, const pat_spec *spec, pat_context **out,
+                                   char *msg, size_t msglen);
+
 pat_status pat_fail(pat_context *ctx, pat_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 

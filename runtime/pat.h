@@ -86,6 +86,12 @@ typedef struct pat_spec_info {
 /* Fills *info from ctx's spec. Thread-safe. */
 PAT_API pat_status pat_context_spec_info(const pat_context *ctx, pat_spec_info *info);
 
+/* One line on the tuning table the context uses: the file beside the spec
+** ("specs/x.tune.yaml" for "specs/x.yaml", or $PAT_TUNING's path; PAT_TUNING=off: none),
+** applied when it was measured on this GPU, else left unused with the reason. Valid while
+** ctx lives. */
+PAT_API const char *pat_context_tuning(const pat_context *ctx);
+
 typedef enum pat_mode {
   PAT_MODE_PREFIX = 0,  /* queries that share pages share CTAs (the PAT schedule) */
   PAT_MODE_DIRECT = 1   /* one query per CTA, KV split by the spec's policy (flash-decoding) */

@@ -2,6 +2,7 @@
 ** own/push-down choice by a cost model, KV splitting, tile choice, slots and merge items.
 ** See docs/scheduler.md. Work is per page and per tree node, never per token. */
 #include "sched.h"
+#include "tuning.h"
 
 #include <limits.h>
 #include <stdarg.h>
@@ -94,11 +95,17 @@ static int32_t num_pages_of(const ctx *c, int32_t q)
   return c->nf[q] + (c->tl[q] > 0);
 }
 
+/* Tiles the cost model chooses from: the spec's own, not those a tuning table added. */
+static int model_tiles(const pat_spec *s)
+{
+  return s->num_model_tiles > 0 && s->num_model_tiles < s->num_tiles ? s->num_model_tiles : s->num_tiles;
+}
+
 /* Smallest tile M holding `rows` query rows, or 0 if none. */
 static int mfit(const pat_spec *s, int rows)
 {
   int best = 0;
-  for (int i = 0; i < s->num_tiles; i++)
+  for (int i = 0; i < model_tiles(s); i++)
     if (s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
   return best;
 }
@@ -141,7 +148,7 @@ static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, s
   }
   if (s->num_tiles < 1) { set_err(err, errlen, "spec '%s' has no tiles", s->name); return -1; }
   int mmax = 0;
-  for (int i = 0; i < s->num_tiles; i++) mmax = s->tiles[i].m > mmax ? s->tiles[i].m : mmax;
+  for (int i = 0; i < model_tiles(s); i++) mmax = s->tiles[i].m > mmax ? s->tiles[i].m : mmax;
   if (mmax < b->gqa) {
     set_err(err, errlen, "GQA ratio %d exceeds the largest tile M %d", (int)b->gqa, mmax);
     return -1;
@@ -707,12 +714,18 @@ static int split_packs(ctx *c, int32_t *cnt)
   return 0;
 }
 
-/* Tile with the least cost for `rows` query rows and `T` tokens; smallest M on ties. */
-static int pick_tile(const pat_spec *s, int rows, int T)
+/* The tile a tuning table chose for `rows` rows at GQA index gi; else the tile with the least
+** cost for `rows` query rows and `T` tokens, smallest M on ties. */
+static int pick_tile(const pat_spec *s, int gi, int rows, int T)
 {
+  int rc = pat_row_class(rows);
+  if (gi >= 0 && rc >= 0 && s->tile_choice[gi][rc] > 0) {
+    int k = s->tile_choice[gi][rc] - 1;
+    if (k < s->num_tiles && s->tiles[k].m >= rows) return k;
+  }
   int best = -1;
   double bc = 0;
-  for (int i = 0; i < s->num_tiles; i++) {
+  for (int i = 0; i < model_tiles(s); i++) {
     const pat_tile *t = &s->tiles[i];
     if (t->m < rows || t->n < 1) continue;
     double steps = (double)((T + t->n - 1) / t->n);
@@ -766,6 +779,9 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   memset(bucket, 0, nb * sizeof *bucket);
 
   /* pick_tile depends on (queries, tokens) only: a small direct-mapped cache of its answers */
+  int gi = 0;
+  while (gi < s->num_gqa && s->gqa[gi] != c->gqa) gi++;
+  if (gi == s->num_gqa) gi = -1;
   struct { int32_t nq, t, tile; } tc[TILE_CACHE];
   for (int i = 0; i < TILE_CACHE; i++) tc[i].nq = -1;
 
@@ -790,7 +806,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
       if (tc[h].nq != p->nq || tc[h].t != T) {
         tc[h].nq = p->nq;
         tc[h].t = T;
-        tc[h].tile = pick_tile(s, p->nq * c->gqa, T);
+        tc[h].tile = pick_tile(s, gi, p->nq * c->gqa, T);
       }
       int tile = tc[h].tile;
       fp[f] = (fpack){i, off, T, tile};
@@ -907,7 +923,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.ps = b->page_size;
   c.gqa = b->gqa;
   int mmax = 0;
-  for (int i = 0; i < c.s->num_tiles; i++) mmax = c.s->tiles[i].m > mmax ? c.s->tiles[i].m : mmax;
+  for (int i = 0; i < model_tiles(c.s); i++) mmax = c.s->tiles[i].m > mmax ? c.s->tiles[i].m : mmax;
   c.cap = mmax / c.gqa;
   c.ctok1 = ctok(mfit(c.s, c.gqa));
   c.cpack1 = cpack(mfit(c.s, c.gqa));

@@ -243,3 +243,51 @@ Test(gpu, long_pack_beyond_page_window, .timeout = 300)
   pat_workload_free(&w);
   pat_context_destroy(ctx);
 }
+
+/* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
+** left unused when written for another GPU, ignored with PAT_TUNING=off. */
+Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
+{
+  skip_without_gpu();
+  const char *spec = write_spec("tuned", "fp16", 128, 32, "[2, 8]",
+                                "[{m: 16, n: 64, warps: 4, stages: 3}, {m: 32, n: 64, warps: 4, stages: 3}]");
+  pat_context *probe = open_ctx(spec);
+  char gpu[128];
+  cr_assert_eq(pat_context_device(probe, NULL, NULL, gpu, sizeof gpu), PAT_OK);
+  cr_assert(strstr(pat_context_tuning(probe), "none (no build/gpu_specs/tuned.tune.yaml)"), "%s",
+            pat_context_tuning(probe));
+  pat_context_destroy(probe);
+
+  const char *names[] = {gpu, "Some Other GPU"};
+  for (int k = 0; k < 2; k++) {
+    FILE *f = fopen("build/gpu_specs/tuned.tune.yaml", "w");
+    cr_assert_not_null(f);
+    fprintf(f, "spec: tuned\ngpu: \"%s\"\nsplit: {min_kv_per_split: 32, max_splits: 8, ctas_per_sm: 4}\n"
+               "choices:\n  - {gqa: 8, rows: 32, m: 32, n: 32, warps: 2, stages: 2}\n", names[k]);
+    fclose(f);
+    pat_context *ctx = open_ctx(spec);
+    pat_spec_info si;
+    cr_assert_eq(pat_context_spec_info(ctx, &si), PAT_OK);
+    const char *note = pat_context_tuning(ctx);
+    if (k == 0) {
+      cr_assert(strstr(note, "1 tile choices, split 32 tokens / 8 per query / 4 CTAs per SM"), "%s", note);
+      cr_assert_eq(si.num_tiles, 3, "the table's tile is added");
+    } else {
+      cr_assert(strstr(note, "this is") && strstr(note, "not used"), "%s", note);
+      cr_assert_eq(si.num_tiles, 2);
+    }
+    /* 4 queries x GQA 8 = 32 rows share 512 tokens: the packs the table sends to m32n32. */
+    pat_workload w;
+    char err[512];
+    cr_assert_eq(pat_tree_parse("2,8_512,40", 32, 17, &w, err, sizeof err), 0, "%s", err);
+    check_workload(ctx, &w, 16, 2, TOL_FP16, k ? "tuning table, other GPU" : "tuning table applied", 0);
+    pat_workload_free(&w);
+    pat_context_destroy(ctx);
+  }
+  setenv("PAT_TUNING", "off", 1);
+  pat_context *off = open_ctx(spec);
+  cr_assert(strstr(pat_context_tuning(off), "PAT_TUNING=off"), "%s", pat_context_tuning(off));
+  pat_context_destroy(off);
+  unsetenv("PAT_TUNING");
+  remove("build/gpu_specs/tuned.tune.yaml");
+}

@@ -1,0 +1,234 @@
+/* tune.c: bin/pattune, the tuning script. Sweeps the split policy and, per GQA ratio and row
+** class, the tile (from the spec's tiles plus a candidate spec's) over a set of workloads on
+** the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
+** then applies on the same GPU (gen/tuning.h; docs in specs/README.md).
+**
+** A configuration is scored by the geometric mean of its median latencies over the workloads;
+** every run's output is checked against the CPU reference first, and a configuration with a
+** wrong result is never chosen. Data seeds are fixed; the table records GPU, date and seed. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+#include "internal.h"
+#include "tile.h"
+#include "tree.h"
+#include "tuning.h"
+
+enum { MAX_TREES = 32, ITERS_DEFAULT = 20 };
+
+typedef struct tuner {
+  pat_context *ctx;
+  int iters, check;
+  int ntrees;
+  const char *trees[MAX_TREES];
+  pat_workload work[MAX_TREES];
+  harness *h[PAT_MAX_GQA][MAX_TREES];  /* one per (GQA ratio, tree) */
+  long runs;
+} tuner;
+
+static void usage(void)
+{
+  fprintf(stderr,
+    "usage: pattune [--spec SPEC] [--candidates SPEC2] [--trees T1;T2...] [--iters N] [--seed S]\n"
+    "               [--out FILE]\n"
+    "  sweeps split policies and tile choices for SPEC (default specs/default.yaml) with the\n"
+    "  tiles of SPEC and SPEC2 (default specs/paper.yaml) on the paper's sharing trees, and\n"
+    "  writes the tuning table (default: SPEC's name with .tune.yaml) for this GPU\n");
+}
+
+/* Heads of the paper's configurations for a GQA ratio: 32/32, 16/8, 32/8, 64/8; else 8g/8. */
+static void heads_for(int g, int *qh, int *kvh)
+{
+  *kvh = g == 1 ? 32 : 8;
+  *qh = g * *kvh;
+}
+
+/* Geometric mean of the median latency over the trees at GQA index gi under ctx's current
+** spec; +inf when any run fails or is wrong. */
+static double score(tuner *t, int gi)
+{
+  double lsum = 0;
+  for (int i = 0; i < t->ntrees; i++) {
+    harness_result r;
+    char err[4096];
+    if (harness_run(t->h[gi][i], PAT_MODE_PREFIX, t->check, t->iters, &r, err, sizeof err)) {
+      fprintf(stderr, "pattune: %s: %s\n", t->trees[i], err);
+      return INFINITY;
+    }
+    t->runs++;
+    if (r.nonfinite || !(r.rel_err < 5e-3)) {
+      fprintf(stderr, "pattune: %s: wrong result (rel_err %.2e): configuration refused\n", t->trees[i], r.rel_err);
+      return INFINITY;
+    }
+    lsum += log(r.median_us);
+  }
+  return exp(lsum / t->ntrees);
+}
+
+static double score_all(tuner *t)
+{
+  double l = 0;
+  const pat_spec *s = &t->ctx->spec;
+  for (int gi = 0; gi < s->num_gqa; gi++) l += log(score(t, gi));
+  return exp(l / s->num_gqa);
+}
+
+/* The spec's tiles plus the candidate spec's that are valid for it (at most PAT_MAX_TILES). */
+static void add_candidates(pat_spec *s, const pat_spec *cand)
+{
+  s->num_model_tiles = s->num_tiles;
+  for (int i = 0; i < cand->num_tiles && s->num_tiles < PAT_MAX_TILES; i++) {
+    const pat_tile *c = &cand->tiles[i];
+    int dup = 0;
+    for (int k = 0; k < s->num_tiles; k++)
+      dup |= s->tiles[k].m == c->m && s->tiles[k].n == c->n && s->tiles[k].warps == c->warps &&
+             s->tiles[k].stages == c->stages;
+    char err[256];
+    if (!dup && !pat_tile_check(s, c, err, sizeof err)) s->tiles[s->num_tiles++] = *c;
+  }
+}
+
+int main(int argc, char **argv)
+{
+  const char *spec_path = "specs/default.yaml", *cand_path = "specs/paper.yaml", *out_path = NULL;
+  tuner t = {.iters = ITERS_DEFAULT, .check = 2};
+  unsigned long long seed = 1;
+  char *tree_arg = NULL;
+  for (int i = 1; i < argc; i++) {
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!v) { usage(); return 2; }
+    if (!strcmp(argv[i], "--spec")) spec_path = argv[++i];
+    else if (!strcmp(argv[i], "--candidates")) cand_path = argv[++i];
+    else if (!strcmp(argv[i], "--out")) out_path = argv[++i];
+    else if (!strcmp(argv[i], "--iters")) t.iters = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "--trees")) tree_arg = argv[++i];
+    else { usage(); return 2; }
+  }
+  if (t.iters < 1) { fprintf(stderr, "pattune: --iters must be positive\n"); return 2; }
+  if (tree_arg) {
+    for (char *s = strtok(tree_arg, ";"); s && t.ntrees < MAX_TREES; s = strtok(NULL, ";")) t.trees[t.ntrees++] = s;
+  } else {
+    for (int i = 0; i < PAT_NUM_PAPER_TREES && t.ntrees < MAX_TREES; i++) {
+      const char *tr = pat_paper_trees[i];
+      if (strchr(tr, ',') && strchr(tr, ',') < strchr(tr, '_')) t.trees[t.ntrees++] = tr;  /* sharing */
+    }
+  }
+
+  char err[8192], path[PAT_PATH_MAX + 16];
+  pat_spec spec, cand;
+  if (pat_spec_load(spec_path, &spec, err, sizeof err) || pat_spec_load(cand_path, &cand, err, sizeof err)) {
+    fprintf(stderr, "%s\n", err);
+    return 1;
+  }
+  if (cand.dtype != spec.dtype || cand.head_dim != spec.head_dim || cand.page_size != spec.page_size) {
+    fprintf(stderr, "pattune: %s and %s differ in dtype, head_dim or page_size\n", spec_path, cand_path);
+    return 1;
+  }
+  const pat_spec base = spec;
+  add_candidates(&spec, &cand);
+  if (!out_path) { pat_tuning_path(spec_path, path, sizeof path); out_path = path; }
+
+  pat_context_desc d = {.spec_path = spec_path, .progress = 1};
+  pat_status st = pat_context_create_spec(&d, &spec, &t.ctx, err, sizeof err);
+  if (st) { fprintf(stderr, "pattune: %s: %s\n", pat_status_string(st), err); return 1; }
+  pat_spec *live = &t.ctx->spec;  /* what plans are built from: changed between runs */
+  char gpu[128];
+  pat_context_device(t.ctx, NULL, NULL, gpu, sizeof gpu);
+  fprintf(stderr, "pattune: %s, spec %s + %d candidate tiles, %d trees, %d iters, seed %llu\n", gpu, spec_path,
+          spec.num_tiles - base.num_tiles, t.ntrees, t.iters, seed);
+
+  for (int i = 0; i < t.ntrees; i++) {
+    if (pat_tree_parse(t.trees[i], spec.page_size, seed * 1000 + (unsigned)i, &t.work[i], err, sizeof err)) {
+      fprintf(stderr, "pattune: tree %s: %s\n", t.trees[i], err);
+      return 1;
+    }
+    for (int gi = 0; gi < spec.num_gqa; gi++) {
+      int qh, kvh;
+      heads_for(spec.gqa[gi], &qh, &kvh);
+      t.h[gi][i] = harness_create(t.ctx, &t.work[i], qh, kvh, seed * 7919 + (unsigned)(i * 16 + gi), err, sizeof err);
+      if (!t.h[gi][i]) { fprintf(stderr, "pattune: %s %d/%d: %s\n", t.trees[i], qh, kvh, err); return 1; }
+    }
+  }
+
+  /* 1. Split policy, over every GQA ratio together (the table holds one). */
+  static const int min_kv[] = {128, 256, 512}, per_sm[] = {1, 2, 4};
+  pat_split_policy best_split = base.split;
+  double before = score_all(&t), best = before;
+  fprintf(stderr, "pattune: spec as written: %.1f us (geomean)\n", before);
+  for (size_t a = 0; a < sizeof min_kv / sizeof *min_kv; a++) {
+    for (size_t b = 0; b < sizeof per_sm / sizeof *per_sm; b++) {
+      live->split = base.split;
+      live->split.min_kv_per_split = min_kv[a];
+      live->split.ctas_per_sm = per_sm[b];
+      if (live->split.min_kv_per_split == base.split.min_kv_per_split && live->split.ctas_per_sm == base.split.ctas_per_sm)
+        continue;
+      double sc = score_all(&t);
+      fprintf(stderr, "pattune: split %4d tokens, %d CTAs/SM: %.1f us\n", min_kv[a], per_sm[b], sc);
+      if (sc < best * 0.99) { best = sc; best_split = live->split; }
+    }
+  }
+  live->split = best_split;
+
+  /* 2. Per GQA ratio and row class: the tile, one class at a time (greedy, kept when >= 1% better). */
+  pat_tuning tab = {.has_split = 1, .split = best_split};
+  snprintf(tab.spec, sizeof tab.spec, "%s", base.name);
+  snprintf(tab.gpu, sizeof tab.gpu, "%s", gpu);
+  char summary[4096];
+  size_t so = 0;
+  for (int gi = 0; gi < spec.num_gqa; gi++) {
+    const int g = spec.gqa[gi];
+    double cur = score(&t, gi), start = cur;
+    for (int rc = 0, rows = 16; rc < PAT_ROW_CLASSES; rc++, rows *= 2) {
+      if (rows < g) continue;
+      int choice = 0;
+      for (int k = 0; k < spec.num_tiles; k++) {
+        const pat_tile *tl = &spec.tiles[k];
+        if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
+        live->tile_choice[gi][rc] = (unsigned char)(k + 1);
+        double sc = score(&t, gi);
+        fprintf(stderr, "pattune: gqa %d rows <= %3d: m%dn%dw%ds%d %.1f us (now %.1f)\n", g, rows, tl->m, tl->n,
+                tl->warps, tl->stages, sc, cur);
+        if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
+      }
+      live->tile_choice[gi][rc] = (unsigned char)choice;
+      if (choice)
+        tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tile = spec.tiles[choice - 1]};
+    }
+    so += (size_t)snprintf(summary + so, sizeof summary - so, "gqa %d: %.1f -> %.1f us\n", g, start, cur);
+    if (so >= sizeof summary) so = sizeof summary - 1;
+  }
+
+  /* Check the table reads back and applies to the spec as written. */
+  time_t now = time(NULL);
+  char date[32], comment[8192];
+  strftime(date, sizeof date, "%Y-%m-%d", gmtime(&now));
+  snprintf(comment, sizeof comment,
+           "Tuning table for %s, written by bin/pattune on %s, %s.\n"
+           "Candidates: %s; seed %llu; %d iters per run; trees: the %d given (paper's sharing trees by default).\n"
+           "Geomean latency, spec as written: %.1f us; after the split sweep: %.1f us.\n%s"
+           "Applied by pat_context_create on this GPU only; PAT_TUNING=off ignores it.",
+           spec_path, gpu, date, cand_path, seed, t.iters, t.ntrees, before, best, summary);
+  FILE *f = fopen(out_path, "w");
+  if (!f || pat_tuning_write(f, &tab, comment) || fclose(f)) {
+    perror(out_path);
+    return 1;
+  }
+  pat_tuning back;
+  pat_spec applied = base;
+  if (pat_tuning_load(out_path, &back, err, sizeof err) || pat_tuning_apply(&back, &applied, err, sizeof err)) {
+    fprintf(stderr, "pattune: the table written does not read back: %s\n", err);
+    return 1;
+  }
+  fprintf(stderr, "pattune: %ld timed configurations; wrote %s (%d tile choices)\n%s", t.runs, out_path,
+          tab.num_choices, summary);
+  for (int gi = 0; gi < spec.num_gqa; gi++)
+    for (int i = 0; i < t.ntrees; i++) harness_destroy(t.h[gi][i]);
+  for (int i = 0; i < t.ntrees; i++) pat_workload_free(&t.work[i]);
+  pat_context_destroy(t.ctx);
+  return 0;
+}

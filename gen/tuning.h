@@ -1,0 +1,27 @@
+/* tuning.h: tuning tables (written by bench/tune.c, read by the runtime): applying one to a
+** spec, where it lives next to its spec, writing one. The YAML reader is in spec.c. */
+#ifndef PAT_TUNING_H
+#define PAT_TUNING_H
+
+#include <stdio.h>
+
+#include "spec.h"
+
+/* Row class of a pack of `rows` query rows: 0 for <= 16, 1 for <= 32, .. 4 for <= 256;
+** -1 past that. */
+int pat_row_class(int rows);
+
+/* Applies t to *s: its split policy, its tile choices; tiles it names that s lacks are
+** appended (the cost model keeps to s's own tiles). Checks that t is for s (same spec name),
+** that every GQA ratio is one of s's and every tile is valid for s. Returns 0, or -1 with a
+** message naming t's file, leaving *s untouched. */
+int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen);
+
+/* The table beside a spec file: "specs/x.yaml" -> "specs/x.tune.yaml". */
+void pat_tuning_path(const char *spec_path, char *out, size_t n);
+
+/* Writes t as YAML, with `comment` (lines, may be NULL) as '#' lines at the top. Returns 0,
+** or -1 with errno set. */
+int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment);
+
+#endif
