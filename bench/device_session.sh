@@ -48,5 +48,26 @@ probe)
     done
   done
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe"; exit 2 ;;
+final)
+  # The quick GPU suites (all but the long paper-tree sweep), old vs new kernels on small
+  # trees (build/gpu_base: a bundle of the previous commit, when carried), the tuner, then
+  # the benchmark with the table it wrote. Each step is time-boxed to fit one call.
+  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/t*' 'gpu_graph/*'; do
+    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
+  done 2>&1 | tee "$out/final-tests-$tag.log"
+  if [ -d build/gpu_base ]; then
+    for t in 1,10_4096,416 2,8,16,256_256,256,32,32 1,4,8,256_32,256,256,32 1,1024_2048,32; do
+      for h in 16/8 64/8; do
+        for b in gpu_base gpu; do
+          echo "== $b $t $h: $(PAT_TUNING=off timeout 30 build/$b/patgen run --tree $t --heads $h --iters 200 | grep -E '^  prefix')"
+        done
+      done
+    done 2>&1 | tee "$out/final-ab-$tag.log"
+  fi
+  timeout 170 build/gpu/pattune --iters 15 2>&1 | tee "$out/final-tune-$tag.log" | grep -v "^pattune: gqa"
+  cp specs/default.tune.yaml "$out/default.tune.yaml" 2>/dev/null
+  left=$((575 - SECONDS))
+  timeout $left build/gpu/patbench --spec specs/default.yaml --iters 50 --out "$out/patbench-tuned-$tag.jsonl" 2>&1 | tee "$out/patbench-tuned-$tag.txt" | tail -16
+  ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|final"; exit 2 ;;
 esac

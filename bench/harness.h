@@ -55,6 +55,10 @@ int harness_check(harness *h, int max_check, harness_result *r, char *err, size_
 int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r,
                 char *err, size_t errlen);
 
+/* Whether harness_run times 9 plan rebuilds after the timed runs (default on); off, plan_us
+** is the one build's time. The tuner turns it off: it runs thousands of configurations. */
+void harness_time_plans(harness *h, int on);
+
 /* Device-to-device copy bandwidth in bytes/s (read + written) over a 1 GiB buffer. */
 double harness_copy_bandwidth(pat_context *ctx);
 

@@ -1,6 +1,6 @@
-/* tune.c: bin/pattune, the tuning script. Sweeps the split policy and, per GQA ratio and row
-** class, the tile (from the spec's tiles plus a candidate spec's) over a set of workloads on
-** the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
+/* tune.c: bin/pattune, the tuning script. Sweeps the split policy and, per GQA ratio, row
+** class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
+** of workloads on the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
 ** then applies on the same GPU (gen/tuning.h; docs in specs/README.md).
 **
 ** A configuration is scored by the geometric mean of its median latencies over the workloads;
@@ -14,6 +14,7 @@
 
 #include "harness.h"
 #include "internal.h"
+#include "sched.h"
 #include "tile.h"
 #include "tree.h"
 #include "tuning.h"
@@ -36,7 +37,7 @@ static void usage(void)
     "usage: pattune [--spec SPEC] [--candidates SPEC2] [--trees T1;T2...] [--iters N] [--seed S]\n"
     "               [--out FILE]\n"
     "  sweeps split policies and tile choices for SPEC (default specs/default.yaml) with the\n"
-    "  tiles of SPEC and SPEC2 (default specs/paper.yaml) on the paper's sharing trees, and\n"
+    "  tiles of SPEC and SPEC2 (default specs/paper.yaml) on the paper's 20 trees, and\n"
     "  writes the tuning table (default: SPEC's name with .tune.yaml) for this GPU\n");
 }
 
@@ -47,12 +48,14 @@ static void heads_for(int g, int *qh, int *kvh)
   *qh = g * *kvh;
 }
 
-/* Geometric mean of the median latency over the trees at GQA index gi under ctx's current
-** spec; +inf when any run fails or is wrong. */
-static double score(tuner *t, int gi)
+/* Geometric mean of the median latency over the trees at GQA index gi (those with use[i]
+** set; all when use is NULL) under ctx's current spec; +inf when any run fails or is wrong. */
+static double score_of(tuner *t, int gi, const char *use)
 {
   double lsum = 0;
+  int n = 0;
   for (int i = 0; i < t->ntrees; i++) {
+    if (use && !use[i]) continue;
     harness_result r;
     char err[4096];
     if (harness_run(t->h[gi][i], PAT_MODE_PREFIX, t->check, t->iters, &r, err, sizeof err)) {
@@ -65,8 +68,38 @@ static double score(tuner *t, int gi)
       return INFINITY;
     }
     lsum += log(r.median_us);
+    n++;
   }
-  return exp(lsum / t->ntrees);
+  return n ? exp(lsum / n) : INFINITY;
+}
+
+static double score(tuner *t, int gi) { return score_of(t, gi, NULL); }
+
+/* Packs per (row class, token class) in tree i's prefix plan at GQA index gi. Tile choices do
+** not change packs or splits, so this holds for every candidate of the tile sweep. */
+static int class_counts(tuner *t, int gi, int i, int counts[PAT_ROW_CLASSES][PAT_TOKEN_CLASSES])
+{
+  const pat_spec *s = &t->ctx->spec;
+  const pat_workload *w = &t->work[i];
+  int qh, kvh;
+  heads_for(s->gqa[gi], &qh, &kvh);
+  pat_batch b = {.num_queries = w->num_queries, .seq_lens = w->seq_lens, .block_table = w->block_table,
+                 .block_table_stride = w->stride, .num_pages_total = w->num_pages,
+                 .page_size = w->page_size, .gqa = s->gqa[gi]};
+  pat_sched_opts o = {.spec = s, .num_sms = t->ctx->num_sms, .kv_heads = kvh, .mode = PAT_SCHED_PREFIX};
+  pat_host_plan p;
+  char err[512];
+  if (pat_sched_build(&b, &o, &p, err, sizeof err)) {
+    fprintf(stderr, "pattune: %s: %s\n", t->trees[i], err);
+    return -1;
+  }
+  memset(counts, 0, sizeof(int) * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES);
+  for (int k = 0; k < p.num_packs; k++) {
+    int rc = pat_row_class(p.packs[k].num_queries * s->gqa[gi]);
+    if (rc >= 0) counts[rc][pat_token_class(p.packs[k].kv_len)]++;
+  }
+  pat_host_plan_free(&p);
+  return 0;
 }
 
 static double score_all(tuner *t)
@@ -78,6 +111,38 @@ static double score_all(tuner *t)
 }
 
 /* The spec's tiles plus the candidate spec's that are valid for it (at most PAT_MAX_TILES). */
+/* What the table's header says: the run, its scores, and how far it got. */
+typedef struct run_info {
+  const char *spec_path, *cand_path, *gpu;
+  char date[32];
+  unsigned long long seed;
+  double before, after_split;
+  char summary[4096];
+  size_t so;
+} run_info;
+
+/* Writes the table (temp file + rename: a reader never sees half a table). `done` says
+** where the sweep stands; an interrupted run leaves the classes it finished. */
+static int write_table(const char *path, const pat_tuning *tab, const run_info *ri, const tuner *t,
+                       const char *done)
+{
+  char comment[8192], tmp[PAT_PATH_MAX + 32];
+  snprintf(comment, sizeof comment,
+           "Tuning table for %s, written by bin/pattune on %s, %s.\n"
+           "Candidates: %s; seed %llu; %d iters per run; %d trees (the paper's sharing trees unless --trees).\n"
+           "Geomean latency, spec as written: %.1f us; after the split sweep: %.1f us.\n%s%s\n"
+           "Applied by pat_context_create on this GPU only; PAT_TUNING=off ignores it.",
+           ri->spec_path, ri->gpu, ri->date, ri->cand_path, ri->seed, t->iters, t->ntrees, ri->before,
+           ri->after_split, ri->summary, done);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  if (!f || pat_tuning_write(f, tab, comment) || fclose(f) || rename(tmp, path)) {
+    perror(path);
+    return -1;
+  }
+  return 0;
+}
+
 static void add_candidates(pat_spec *s, const pat_spec *cand)
 {
   s->num_model_tiles = s->num_tiles;
@@ -95,7 +160,7 @@ static void add_candidates(pat_spec *s, const pat_spec *cand)
 int main(int argc, char **argv)
 {
   const char *spec_path = "specs/default.yaml", *cand_path = "specs/paper.yaml", *out_path = NULL;
-  tuner t = {.iters = ITERS_DEFAULT, .check = 2};
+  tuner t = {.iters = ITERS_DEFAULT, .check = 1};
   unsigned long long seed = 1;
   char *tree_arg = NULL;
   for (int i = 1; i < argc; i++) {
@@ -113,10 +178,7 @@ int main(int argc, char **argv)
   if (tree_arg) {
     for (char *s = strtok(tree_arg, ";"); s && t.ntrees < MAX_TREES; s = strtok(NULL, ";")) t.trees[t.ntrees++] = s;
   } else {
-    for (int i = 0; i < PAT_NUM_PAPER_TREES && t.ntrees < MAX_TREES; i++) {
-      const char *tr = pat_paper_trees[i];
-      if (strchr(tr, ',') && strchr(tr, ',') < strchr(tr, '_')) t.trees[t.ntrees++] = tr;  /* sharing */
-    }
+    for (int i = 0; i < PAT_NUM_PAPER_TREES && t.ntrees < MAX_TREES; i++) t.trees[t.ntrees++] = pat_paper_trees[i];
   }
 
   char err[8192], path[PAT_PATH_MAX + 16];
@@ -152,6 +214,7 @@ int main(int argc, char **argv)
       heads_for(spec.gqa[gi], &qh, &kvh);
       t.h[gi][i] = harness_create(t.ctx, &t.work[i], qh, kvh, seed * 7919 + (unsigned)(i * 16 + gi), err, sizeof err);
       if (!t.h[gi][i]) { fprintf(stderr, "pattune: %s %d/%d: %s\n", t.trees[i], qh, kvh, err); return 1; }
+      harness_time_plans(t.h[gi][i], 0);
     }
   }
 
@@ -174,50 +237,58 @@ int main(int argc, char **argv)
   }
   live->split = best_split;
 
-  /* 2. Per GQA ratio and row class: the tile, one class at a time (greedy, kept when >= 1% better). */
+  /* 2. Per GQA ratio, row class and token class: the tile, one class at a time (greedy, kept
+  ** when >= 1% better on the trees that have packs of the class).
+  ** The table is rewritten after every class, so an interrupted run keeps what it measured. */
   pat_tuning tab = {.has_split = 1, .split = best_split};
   snprintf(tab.spec, sizeof tab.spec, "%s", base.name);
   snprintf(tab.gpu, sizeof tab.gpu, "%s", gpu);
-  char summary[4096];
-  size_t so = 0;
+  run_info ri = {.spec_path = spec_path, .cand_path = cand_path, .gpu = gpu, .seed = seed, .before = before,
+                 .after_split = best};
+  time_t now = time(NULL);
+  strftime(ri.date, sizeof ri.date, "%Y-%m-%d", gmtime(&now));
+  char done[128];
+  if (write_table(out_path, &tab, &ri, &t, "Partial: split policy only, no tile class swept yet.")) return 1;
+  static const int token_bound[PAT_TOKEN_CLASSES] = {64, 256, 1024, 65536};
   for (int gi = 0; gi < spec.num_gqa; gi++) {
     const int g = spec.gqa[gi];
-    double cur = score(&t, gi), start = cur;
+    int counts[MAX_TREES][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
+    for (int i = 0; i < t.ntrees; i++)
+      if (class_counts(&t, gi, i, counts[i])) return 1;
+    double start = score(&t, gi);
     for (int rc = 0, rows = 16; rc < PAT_ROW_CLASSES; rc++, rows *= 2) {
-      if (rows < g) continue;
-      int choice = 0;
-      for (int k = 0; k < spec.num_tiles; k++) {
-        const pat_tile *tl = &spec.tiles[k];
-        if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
-        live->tile_choice[gi][rc] = (unsigned char)(k + 1);
-        double sc = score(&t, gi);
-        fprintf(stderr, "pattune: gqa %d rows <= %3d: m%dn%dw%ds%d %.1f us (now %.1f)\n", g, rows, tl->m, tl->n,
-                tl->warps, tl->stages, sc, cur);
-        if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
+      for (int tc = 0; tc < PAT_TOKEN_CLASSES; tc++) {
+        /* Only the trees with packs in this class can change: score on those. */
+        char use[MAX_TREES];
+        int nuse = 0;
+        for (int i = 0; i < t.ntrees; i++) nuse += use[i] = counts[i][rc][tc] > 0;
+        if (!nuse) continue;
+        double cur = score_of(&t, gi, use);
+        int choice = 0;
+        for (int k = 0; k < spec.num_tiles; k++) {
+          const pat_tile *tl = &spec.tiles[k];
+          if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
+          live->tile_choice[gi][rc][tc] = (unsigned char)(k + 1);
+          double sc = score_of(&t, gi, use);
+          fprintf(stderr, "pattune: gqa %d rows <= %3d tokens <= %5d (%d trees): m%dn%dw%ds%d %.1f us (now %.1f)\n",
+                  g, rows, token_bound[tc], nuse, tl->m, tl->n, tl->warps, tl->stages, sc, cur);
+          if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
+        }
+        live->tile_choice[gi][rc][tc] = (unsigned char)choice;
+        if (choice)
+          tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tokens = token_bound[tc],
+                                                               .tile = spec.tiles[choice - 1]};
+        snprintf(done, sizeof done, "Partial: swept up to gqa %d, rows <= %d, tokens <= %d.", g, rows, token_bound[tc]);
+        if (write_table(out_path, &tab, &ri, &t, done)) return 1;
       }
-      live->tile_choice[gi][rc] = (unsigned char)choice;
-      if (choice)
-        tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tile = spec.tiles[choice - 1]};
     }
-    so += (size_t)snprintf(summary + so, sizeof summary - so, "gqa %d: %.1f -> %.1f us\n", g, start, cur);
-    if (so >= sizeof summary) so = sizeof summary - 1;
+    double end = score(&t, gi);
+    ri.so += (size_t)snprintf(ri.summary + ri.so, sizeof ri.summary - ri.so, "gqa %d: %.1f -> %.1f us\n", g, start, end);
+    if (ri.so >= sizeof ri.summary) ri.so = sizeof ri.summary - 1;
   }
+  if (write_table(out_path, &tab, &ri, &t, "Complete: every GQA ratio, row class and token class swept.")) return 1;
 
   /* Check the table reads back and applies to the spec as written. */
-  time_t now = time(NULL);
-  char date[32], comment[8192];
-  strftime(date, sizeof date, "%Y-%m-%d", gmtime(&now));
-  snprintf(comment, sizeof comment,
-           "Tuning table for %s, written by bin/pattune on %s, %s.\n"
-           "Candidates: %s; seed %llu; %d iters per run; trees: the %d given (paper's sharing trees by default).\n"
-           "Geomean latency, spec as written: %.1f us; after the split sweep: %.1f us.\n%s"
-           "Applied by pat_context_create on this GPU only; PAT_TUNING=off ignores it.",
-           spec_path, gpu, date, cand_path, seed, t.iters, t.ntrees, before, best, summary);
-  FILE *f = fopen(out_path, "w");
-  if (!f || pat_tuning_write(f, &tab, comment) || fclose(f)) {
-    perror(out_path);
-    return 1;
-  }
   pat_tuning back;
   pat_spec applied = base;
   if (pat_tuning_load(out_path, &back, err, sizeof err) || pat_tuning_apply(&back, &applied, err, sizeof err)) {
@@ -225,7 +296,7 @@ int main(int argc, char **argv)
     return 1;
   }
   fprintf(stderr, "pattune: %ld timed configurations; wrote %s (%d tile choices)\n%s", t.runs, out_path,
-          tab.num_choices, summary);
+          tab.num_choices, ri.summary);
   for (int gi = 0; gi < spec.num_gqa; gi++)
     for (int i = 0; i < t.ntrees; i++) harness_destroy(t.h[gi][i]);
   for (int i = 0; i < t.ntrees; i++) pat_workload_free(&t.work[i]);

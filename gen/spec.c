@@ -41,7 +41,7 @@ static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
 static const char *const tile_keys[] = {"m", "n", "warps", "stages"};
 static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm"};
 static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
-static const char *const choice_keys[] = {"gqa", "rows", "m", "n", "warps", "stages"};
+static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages"};
 #define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static const int valid_archs[] = {80, 86, 89, 90};
@@ -725,24 +725,27 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
   char where[32];
   snprintf(where, sizeof where, "choices[%d]: ", index);
   if (n->type != YAML_MAPPING_NODE)
-    return fail_type(c, n, "choices[]", "a mapping with keys gqa, rows, m, n, warps, stages");
-  int have[6] = {0};
-  int *fields[6] = {&ch->gqa, &ch->rows, &ch->tile.m, &ch->tile.n, &ch->tile.warps, &ch->tile.stages};
+    return fail_type(c, n, "choices[]", "a mapping with keys gqa, rows, tokens, m, n, warps, stages");
+  int have[7] = {0};
+  int *fields[7] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps, &ch->tile.stages};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, choice_keys, NKEYS(choice_keys), &which))
       return -1;
     char what[48];
     snprintf(what, sizeof what, "choices[%d]: %s", index, choice_keys[which]);
-    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, 1, 4096, fields[which]))
+    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, 1, 65536, fields[which]))
       return -1;
     have[which] = 1;
   }
-  for (int i = 0; i < 6; i++)
+  for (int i = 0; i < 7; i++)
     if (!have[i])
       return fail_node(c, n, "choices[%d]: missing required key '%s'", index, choice_keys[i]);
   if (ch->rows != 16 && ch->rows != 32 && ch->rows != 64 && ch->rows != 128 && ch->rows != 256)
     return fail_node(c, n, "choices[%d]: rows must be 16, 32, 64, 128 or 256, got %d", index, ch->rows);
+  if (ch->tokens != 64 && ch->tokens != 256 && ch->tokens != 1024 && ch->tokens != 65536)
+    return fail_node(c, n, "choices[%d]: tokens must be 64, 256, 1024 or 65536 (longer), got %d", index,
+                     ch->tokens);
   if (ch->tile.m < ch->rows)
     return fail_node(c, n, "choices[%d]: a tile of m %d cannot hold %d rows", index, ch->tile.m, ch->rows);
   ch->tile.mark = mark_of(n);
@@ -794,9 +797,10 @@ static int tuning_root(const parse_ctx *c, void *tmp)
         if (parse_choice(c, item, k, &t->choices[k]))
           return -1;
         for (int j = 0; j < k; j++)
-          if (t->choices[j].gqa == t->choices[k].gqa && t->choices[j].rows == t->choices[k].rows)
-            return fail_node(c, item, "choices[%d]: gqa %d, rows %d already chosen at choices[%d]", k,
-                             t->choices[k].gqa, t->choices[k].rows, j);
+          if (t->choices[j].gqa == t->choices[k].gqa && t->choices[j].rows == t->choices[k].rows &&
+              t->choices[j].tokens == t->choices[k].tokens)
+            return fail_node(c, item, "choices[%d]: gqa %d, rows %d, tokens %d already chosen at choices[%d]", k,
+                             t->choices[k].gqa, t->choices[k].rows, t->choices[k].tokens, j);
       }
       t->num_choices = count;
     }

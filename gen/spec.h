@@ -6,7 +6,8 @@
 #include <stddef.h>
 
 #define PAT_MAX_TILES 16
-#define PAT_ROW_CLASSES 5  /* tuned tile choices by pack rows: <= 16, 32, 64, 128, 256 */
+#define PAT_ROW_CLASSES 5    /* tuned tile choices by pack rows: <= 16, 32, 64, 128, 256 */
+#define PAT_TOKEN_CLASSES 4  /* .. and by a CTA's KV tokens: <= 64, 256, 1024, longer */
 #define PAT_MAX_GQA   16   /* distinct GQA ratios a spec may build */
 #define PAT_MAX_ARCHS 4
 #define PAT_NAME_MAX  64
@@ -47,11 +48,11 @@ typedef struct pat_spec {
   pat_split_policy split;
   int num_archs;
   int archs[PAT_MAX_ARCHS]; /* compute capability x 10: 80, 86, 89, 90 */
-  /* Set by a tuning table (gen/tuning.h), zero in a parsed spec: tile_choice[g][r] = k + 1
-  ** picks tiles[k] for packs of GQA gqa[g] whose rows fall in row class r; 0 leaves the
-  ** choice to the cost model, which looks at the first num_model_tiles tiles only (0: all;
-  ** tiles a table adds are used where it names them). */
-  unsigned char tile_choice[PAT_MAX_GQA][PAT_ROW_CLASSES];
+  /* Set by a tuning table (gen/tuning.h), zero in a parsed spec: tile_choice[g][r][t] = k + 1
+  ** picks tiles[k] for packs of GQA gqa[g] whose rows fall in row class r and whose KV chunk
+  ** in token class t; 0 leaves the choice to the cost model, which looks at the first
+  ** num_model_tiles tiles only (0: all; tiles a table adds are used where it names them). */
+  unsigned char tile_choice[PAT_MAX_GQA][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
   int num_model_tiles;
 
   /* Where each field was written, for messages from later checks (templates, runtime). */
@@ -79,6 +80,7 @@ const char *pat_dtype_name(pat_dtype dtype);   /* "fp16" or "bf16" */
 typedef struct pat_tuning_choice {
   int gqa;
   int rows;       /* the row class's upper bound: 16, 32, 64, 128 or 256 */
+  int tokens;     /* the token class's upper bound: 64, 256, 1024, or 65536 for all longer */
   pat_tile tile;
 } pat_tuning_choice;
 
@@ -89,7 +91,7 @@ typedef struct pat_tuning {
   int has_split;
   pat_split_policy split;
   int num_choices;
-  pat_tuning_choice choices[PAT_MAX_GQA * PAT_ROW_CLASSES];
+  pat_tuning_choice choices[PAT_MAX_GQA * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES];
 } pat_tuning;
 
 /* Parses a tuning table (keys: spec, gpu, split, choices; others such as date are kept as

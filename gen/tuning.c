@@ -12,6 +12,11 @@ int pat_row_class(int rows)
   return -1;
 }
 
+int pat_token_class(int tokens)
+{
+  return tokens <= 64 ? 0 : tokens <= 256 ? 1 : tokens <= 1024 ? 2 : 3;
+}
+
 static int same_tile(const pat_tile *a, const pat_tile *b)
 {
   return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages;
@@ -50,7 +55,7 @@ int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen)
       }
       n.tiles[n.num_tiles++] = c->tile;
     }
-    n.tile_choice[g][pat_row_class(c->rows)] = (unsigned char)(k + 1);
+    n.tile_choice[g][pat_row_class(c->rows)][pat_token_class(c->tokens)] = (unsigned char)(k + 1);
   }
   *s = n;
   return 0;
@@ -81,8 +86,8 @@ int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)
   fprintf(f, "choices:%s\n", t->num_choices ? "" : " []");
   for (int i = 0; i < t->num_choices; i++) {
     const pat_tuning_choice *c = &t->choices[i];
-    fprintf(f, "  - {gqa: %d, rows: %d, m: %d, n: %d, warps: %d, stages: %d}\n", c->gqa, c->rows, c->tile.m,
-            c->tile.n, c->tile.warps, c->tile.stages);
+    fprintf(f, "  - {gqa: %d, rows: %d, tokens: %d, m: %d, n: %d, warps: %d, stages: %d}\n", c->gqa, c->rows,
+            c->tokens, c->tile.m, c->tile.n, c->tile.warps, c->tile.stages);
   }
   return ferror(f) ? -1 : 0;
 }

@@ -11,6 +11,9 @@
 ** -1 past that. */
 int pat_row_class(int rows);
 
+/* Token class of a CTA's KV chunk: 0 for <= 64 tokens, 1 for <= 256, 2 for <= 1024, 3 longer. */
+int pat_token_class(int tokens);
+
 /* Applies t to *s: its split policy, its tile choices; tiles it names that s lacks are
 ** appended (the cost model keeps to s's own tiles). Checks that t is for s (same spec name),
 ** that every GQA ratio is one of s's and every tile is valid for s. Returns 0, or -1 with a

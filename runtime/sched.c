@@ -714,13 +714,13 @@ static int split_packs(ctx *c, int32_t *cnt)
   return 0;
 }
 
-/* The tile a tuning table chose for `rows` rows at GQA index gi; else the tile with the least
+/* The tile a tuning table chose for `rows` rows and T tokens at GQA index gi; else the tile with the least
 ** cost for `rows` query rows and `T` tokens, smallest M on ties. */
 static int pick_tile(const pat_spec *s, int gi, int rows, int T)
 {
-  int rc = pat_row_class(rows);
-  if (gi >= 0 && rc >= 0 && s->tile_choice[gi][rc] > 0) {
-    int k = s->tile_choice[gi][rc] - 1;
+  int rc = pat_row_class(rows), tc = pat_token_class(T);
+  if (gi >= 0 && rc >= 0 && s->tile_choice[gi][rc][tc] > 0) {
+    int k = s->tile_choice[gi][rc][tc] - 1;
     if (k < s->num_tiles && s->tiles[k].m >= rows) return k;
   }
   int best = -1;

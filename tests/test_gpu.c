@@ -263,14 +263,16 @@ Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
     FILE *f = fopen("build/gpu_specs/tuned.tune.yaml", "w");
     cr_assert_not_null(f);
     fprintf(f, "spec: tuned\ngpu: \"%s\"\nsplit: {min_kv_per_split: 32, max_splits: 8, ctas_per_sm: 4}\n"
-               "choices:\n  - {gqa: 8, rows: 32, m: 32, n: 32, warps: 2, stages: 2}\n", names[k]);
+               "choices:\n", names[k]);
+    for (int tok = 64; tok <= 65536; tok = tok == 1024 ? 65536 : tok * 4)
+      fprintf(f, "  - {gqa: 8, rows: 32, tokens: %d, m: 32, n: 32, warps: 2, stages: 2}\n", tok);
     fclose(f);
     pat_context *ctx = open_ctx(spec);
     pat_spec_info si;
     cr_assert_eq(pat_context_spec_info(ctx, &si), PAT_OK);
     const char *note = pat_context_tuning(ctx);
     if (k == 0) {
-      cr_assert(strstr(note, "1 tile choices, split 32 tokens / 8 per query / 4 CTAs per SM"), "%s", note);
+      cr_assert(strstr(note, "4 tile choices, split 32 tokens / 8 per query / 4 CTAs per SM"), "%s", note);
       cr_assert_eq(si.num_tiles, 3, "the table's tile is added");
     } else {
       cr_assert(strstr(note, "this is") && strstr(note, "not used"), "%s", note);

@@ -17,8 +17,8 @@ static const char good[] =
     "gpu: \"NVIDIA H200\"\n"
     "split: {min_kv_per_split: 128, max_splits: 32, ctas_per_sm: 4}\n"
     "choices:\n"
-    "  - {gqa: 4, rows: 16, m: 16, n: 128, warps: 4, stages: 2}\n"
-    "  - {gqa: 8, rows: 64, m: 64, n: 64, warps: 8, stages: 3}\n";
+    "  - {gqa: 4, rows: 16, tokens: 256, m: 16, n: 128, warps: 4, stages: 2}\n"
+    "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 8, stages: 3}\n";
 
 static pat_tuning parse_ok(const char *text)
 {
@@ -41,6 +41,8 @@ Test(tuning, parses_every_field)
   cr_assert_eq(t.num_choices, 2);
   cr_assert_eq(t.choices[0].gqa, 4);
   cr_assert_eq(t.choices[0].rows, 16);
+  cr_assert_eq(t.choices[0].tokens, 256);
+  cr_assert_eq(t.choices[1].tokens, 65536);
   cr_assert_eq(t.choices[0].tile.n, 128);
   cr_assert_eq(t.choices[1].tile.m, 64);
   cr_assert_eq(t.choices[1].tile.stages, 3);
@@ -52,15 +54,19 @@ Test(tuning, bad_tables_name_the_place)
   static const struct { const char *text, *msg; } cases[] = {
     {"gpu: x\n", "t.yaml:1:1: error: missing required key 'spec'"},
     {"spec: default\nsize: 3\n", "t.yaml:2:1: error: unknown key 'size' (valid keys: spec, gpu, split, choices)"},
-    {"spec: default\nchoices:\n  - {gqa: 4, rows: 24, m: 32, n: 64, warps: 2, stages: 2}\n",
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 24, tokens: 64, m: 32, n: 64, warps: 2, stages: 2}\n",
      "t.yaml:3:5: error: choices[0]: rows must be 16, 32, 64, 128 or 256, got 24"},
-    {"spec: default\nchoices:\n  - {gqa: 4, rows: 64, m: 32, n: 64, warps: 2, stages: 2}\n",
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, tokens: 100, m: 32, n: 64, warps: 2, stages: 2}\n",
+     "t.yaml:3:5: error: choices[0]: tokens must be 64, 256, 1024 or 65536 (longer), got 100"},
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 64, tokens: 64, m: 32, n: 64, warps: 2, stages: 2}\n",
      "t.yaml:3:5: error: choices[0]: a tile of m 32 cannot hold 64 rows"},
-    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, m: 16, n: 64, stages: 2}\n",
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 64, stages: 2}\n",
      "t.yaml:3:5: error: choices[0]: missing required key 'warps'"},
-    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, m: 16, n: 64, warps: 1, stages: 2}\n"
-     "  - {gqa: 4, rows: 16, m: 16, n: 32, warps: 1, stages: 2}\n",
-     "t.yaml:4:5: error: choices[1]: gqa 4, rows 16 already chosen at choices[0]"},
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, m: 16, n: 64, warps: 1, stages: 2}\n",
+     "t.yaml:3:5: error: choices[0]: missing required key 'tokens'"},
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 64, warps: 1, stages: 2}\n"
+     "  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 32, warps: 1, stages: 2}\n",
+     "t.yaml:4:5: error: choices[1]: gqa 4, rows 16, tokens 64 already chosen at choices[0]"},
     {"spec: Default\n", "t.yaml:1:7: error: name: expected [a-z0-9_]+ of at most 63 characters, got 'Default'"},
     {"spec: default\nsplit: {ctas_per_sm: 0}\n", "t.yaml:2:22: error: split: ctas_per_sm: must be 1..64, got 0"},
   };
@@ -88,11 +94,12 @@ Test(tuning, apply_sets_split_choices_and_appends_tiles)
   cr_assert_eq(s.num_model_tiles, before.num_tiles, "the cost model keeps to the spec's tiles");
   cr_assert_eq(s.num_tiles, before.num_tiles + 1, "m16n128w4s2 is new, m64n64w8s3 is the spec's");
   cr_assert_eq(s.tiles[before.num_tiles].n, 128);
-  cr_assert_eq(s.tile_choice[2][0], before.num_tiles + 1, "gqa 4 (index 2), rows <= 16: the new tile");
-  cr_assert_eq(s.tile_choice[3][2], 3 + 1, "gqa 8 (index 3), rows <= 64: the spec's tiles[3]");
+  cr_assert_eq(s.tile_choice[2][0][1], before.num_tiles + 1, "gqa 4 (index 2), rows <= 16, tokens <= 256: the new tile");
+  cr_assert_eq(s.tile_choice[3][2][3], 3 + 1, "gqa 8 (index 3), rows <= 64, longest tokens: the spec's tiles[3]");
   int set = 0;
   for (int g = 0; g < PAT_MAX_GQA; g++)
-    for (int r = 0; r < PAT_ROW_CLASSES; r++) set += s.tile_choice[g][r] != 0;
+    for (int r = 0; r < PAT_ROW_CLASSES; r++)
+      for (int k = 0; k < PAT_TOKEN_CLASSES; k++) set += s.tile_choice[g][r][k] != 0;
   cr_assert_eq(set, 2);
 }
 
@@ -100,9 +107,9 @@ Test(tuning, apply_refuses_mismatches_and_leaves_the_spec)
 {
   static const struct { const char *text, *msg; } cases[] = {
     {"spec: other\n", "t.yaml: error: tuned for spec 'other', not 'default'"},
-    {"spec: default\nchoices:\n  - {gqa: 3, rows: 16, m: 16, n: 64, warps: 4, stages: 2}\n",
+    {"spec: default\nchoices:\n  - {gqa: 3, rows: 16, tokens: 64, m: 16, n: 64, warps: 4, stages: 2}\n",
      "t.yaml:3: error: choices[0]: spec 'default' has no GQA ratio 3"},
-    {"spec: default\nchoices:\n  - {gqa: 2, rows: 16, m: 16, n: 24, warps: 1, stages: 2}\n",
+    {"spec: default\nchoices:\n  - {gqa: 2, rows: 16, tokens: 64, m: 16, n: 24, warps: 1, stages: 2}\n",
      "t.yaml:3: error: choices[0]: "},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -115,6 +122,21 @@ Test(tuning, apply_refuses_mismatches_and_leaves_the_spec)
     cr_assert(!strncmp(err, cases[i].msg, strlen(cases[i].msg)), "case %zu: got '%s'", i, err);
     cr_assert(!memcmp(&s, &before, sizeof s), "case %zu changed the spec", i);
   }
+}
+
+Test(tuning, classes)
+{
+  cr_assert_eq(pat_row_class(1), 0);
+  cr_assert_eq(pat_row_class(16), 0);
+  cr_assert_eq(pat_row_class(17), 1);
+  cr_assert_eq(pat_row_class(256), 4);
+  cr_assert_eq(pat_row_class(257), -1);
+  cr_assert_eq(pat_token_class(1), 0);
+  cr_assert_eq(pat_token_class(64), 0);
+  cr_assert_eq(pat_token_class(65), 1);
+  cr_assert_eq(pat_token_class(1024), 2);
+  cr_assert_eq(pat_token_class(1025), 3);
+  cr_assert_eq(pat_token_class(1 << 20), 3);
 }
 
 Test(tuning, path_beside_the_spec)
@@ -145,6 +167,7 @@ Test(tuning, write_then_read_gives_the_same_table)
   for (int i = 0; i < t.num_choices; i++) {
     cr_assert_eq(back.choices[i].gqa, t.choices[i].gqa);
     cr_assert_eq(back.choices[i].rows, t.choices[i].rows);
+    cr_assert_eq(back.choices[i].tokens, t.choices[i].tokens);
     cr_assert_eq(back.choices[i].tile.m, t.choices[i].tile.m);
     cr_assert_eq(back.choices[i].tile.n, t.choices[i].tile.n);
     cr_assert_eq(back.choices[i].tile.warps, t.choices[i].tile.warps);
@@ -184,7 +207,7 @@ Test(tuning, scheduler_follows_choices_and_the_model_keeps_its_tiles)
   build(&w, &s, gqa, &base);
 
   /* A table that only adds a tile: plans are unchanged (the cost model does not see it). */
-  const char *add = "spec: default\nchoices:\n  - {gqa: 1, rows: 16, m: 16, n: 128, warps: 4, stages: 2}\n";
+  const char *add = "spec: default\nchoices:\n  - {gqa: 1, rows: 16, tokens: 64, m: 16, n: 128, warps: 4, stages: 2}\n";
   pat_tuning t = parse_ok(add);
   pat_spec s2 = s;
   cr_assert_eq(pat_tuning_apply(&t, &s2, err, sizeof err), 0, "%s", err);
@@ -193,22 +216,23 @@ Test(tuning, scheduler_follows_choices_and_the_model_keeps_its_tiles)
   int *tb = pack_tiles(&base), *te = pack_tiles(&extra);
   for (int i = 0; i < base.num_packs; i++) cr_assert_eq(te[i], tb[i], "pack %d changed tile", i);
 
-  /* Force the new tile for gqa 4, rows <= 16: every such pack takes it, no other pack does. */
-  s2.tile_choice[gi][0] = (unsigned char)(s2.num_tiles);  /* the appended tile, index num_tiles - 1 */
+  /* Force the new tile for gqa 4, rows <= 16, 64 < tokens <= 256: every such pack takes it,
+  ** no other pack does. */
+  s2.tile_choice[gi][0][1] = (unsigned char)(s2.num_tiles);  /* the appended tile, index num_tiles - 1 */
   build(&w, &s2, gqa, &forced);
   int *tf = pack_tiles(&forced), n16 = 0;
   for (int g = 0, at = 0; g < forced.num_groups; g++)
     for (int i = 0; i < forced.groups[g].num_packs; i++, at++) {
       const pat_pack *pk = &forced.packs[forced.groups[g].pack_begin + i];
       int rows = pk->num_queries * gqa;
-      if (rows <= 16) {
+      if (rows <= 16 && pk->kv_len > 64 && pk->kv_len <= 256) {
         n16++;
-        cr_assert_eq(tf[at], s2.num_tiles - 1, "pack of %d rows on tile %d", rows, tf[at]);
+        cr_assert_eq(tf[at], s2.num_tiles - 1, "pack of %d rows, %d tokens on tile %d", rows, pk->kv_len, tf[at]);
       } else {
-        cr_assert_neq(tf[at], s2.num_tiles - 1, "pack of %d rows took the forced tile", rows);
+        cr_assert_neq(tf[at], s2.num_tiles - 1, "pack of %d rows, %d tokens took the forced tile", rows, pk->kv_len);
       }
     }
-  cr_assert_gt(n16, 0, "the tree has packs of <= 16 rows");
+  cr_assert_gt(n16, 0, "the tree has packs of <= 16 rows and 65..256 tokens");
   free(tb);
   free(te);
   free(tf);
