@@ -133,6 +133,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.pat_context_device.restype = c_int
     lib.pat_context_spec_info.argtypes = [c_void_p, ctypes.POINTER(SpecInfo)]
     lib.pat_context_spec_info.restype = c_int
+    lib.pat_context_tuning.argtypes = [c_void_p]
+    lib.pat_context_tuning.restype = c_char_p
     lib.pat_plan_create.argtypes = [c_void_p, ctypes.POINTER(BatchDesc), c_void_p, ctypes.POINTER(c_void_p)]
     lib.pat_plan_create.restype = c_int
     lib.pat_plan_destroy.argtypes = [c_void_p]

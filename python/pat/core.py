@@ -176,6 +176,11 @@ class Context(_Closing):
                                                  len(name)), "reading device facts")
         return DeviceInfo(name.value.decode(errors="replace"), sms.value, arch.value)
 
+    @property
+    def tuning(self) -> str:
+        """``pat_context_tuning``: which tuning table the context applied, or why none."""
+        return self._lib.pat_context_tuning(self._require()).decode(errors="replace")
+
     def last_error(self) -> str:
         """``pat_last_error``: the detail of the last failed call on this context."""
         if not self._handle:

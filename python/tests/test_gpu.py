@@ -176,3 +176,8 @@ def test_vllm_backend_decode_step(ctx):
     print(f"vllm backend: rel_err {err:.2e}")
     assert err < TOL
     assert float(output[n:].abs().max()) == 0.0  # padding rows untouched
+
+
+def test_tuning_note_names_the_table_or_the_cost_model(ctx):
+    note = ctx.tuning
+    assert "cost model" in note or "tuned on" in note, note
