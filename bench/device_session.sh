@@ -69,5 +69,16 @@ final)
   left=$((575 - SECONDS))
   timeout $left build/gpu/patbench --spec specs/default.yaml --iters 50 --out "$out/patbench-tuned-$tag.jsonl" 2>&1 | tee "$out/patbench-tuned-$tag.txt" | tail -16
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|final"; exit 2 ;;
+tune)
+  # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
+  timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
+  cp specs/default.tune.yaml "$out/default.tune-$tag.yaml"
+  for t in on off; do
+    [ $t = off ] && export PAT_TUNING=off
+    timeout 140 build/gpu/patbench --spec specs/default.yaml --iters 30 --check 4 \
+      --out "$out/patbench-tuning-$t-$tag.jsonl" 2>&1 | tail -12
+    unset PAT_TUNING
+  done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
+  ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|final|tune"; exit 2 ;;
 esac

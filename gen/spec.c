@@ -705,7 +705,9 @@ static int read_file(const char *path, char **text, size_t *len, char *err, size
   return rc;
 }
 
-int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
+/* Reads the file at path and parses it as parse_text does. */
+static int load_text(const char *path, root_fn root, void *tmp, void *out, size_t size, char *err,
+                     size_t errlen)
 {
   if (err && errlen)
     err[0] = '\0';
@@ -713,9 +715,15 @@ int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
   size_t len;
   if (read_file(path, &text, &len, err, errlen))
     return -1;
-  int rc = pat_spec_parse(text, len, path, spec, err, errlen);
+  int rc = parse_text(text, len, path, root, tmp, out, size, err, errlen);
   free(text);
   return rc;
+}
+
+int pat_spec_load(const char *path, pat_spec *spec, char *err, size_t errlen)
+{
+  pat_spec tmp;
+  return load_text(path, spec_root, &tmp, spec, sizeof tmp, err, errlen);
 }
 
 /* ---- tuning tables ---- */
@@ -819,13 +827,6 @@ int pat_tuning_parse(const char *text, size_t len, const char *filename, pat_tun
 
 int pat_tuning_load(const char *path, pat_tuning *t, char *err, size_t errlen)
 {
-  if (err && errlen)
-    err[0] = '\0';
-  char *text;
-  size_t len;
-  if (read_file(path, &text, &len, err, errlen))
-    return -1;
-  int rc = pat_tuning_parse(text, len, path, t, err, errlen);
-  free(text);
-  return rc;
+  pat_tuning tmp;
+  return load_text(path, tuning_root, &tmp, t, sizeof tmp, err, errlen);
 }
