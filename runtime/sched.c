@@ -70,8 +70,7 @@ typedef struct ctx {
   void *block;
 } ctx;
 
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
+void pat_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
   if (!err || errlen == 0) return;
   va_list ap;
@@ -129,44 +128,44 @@ static size_t pow2_at_least(size_t x)
 /* ---- validation of the plain fields, per query ---- */
 static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, size_t errlen)
 {
-  if (!b || !o || !o->spec) { set_err(err, errlen, "batch, options and spec are required"); return -1; }
+  if (!b || !o || !o->spec) { pat_set_err(err, errlen, "batch, options and spec are required"); return -1; }
   const pat_spec *s = o->spec;
-  if (b->num_queries < 1) { set_err(err, errlen, "batch has %d queries (need at least 1)", (int)b->num_queries); return -1; }
-  if (!b->seq_lens || !b->block_table) { set_err(err, errlen, "batch has no seq_lens or block_table"); return -1; }
-  if (b->page_size < 1) { set_err(err, errlen, "page size %d is not positive", (int)b->page_size); return -1; }
+  if (b->num_queries < 1) { pat_set_err(err, errlen, "batch has %d queries (need at least 1)", (int)b->num_queries); return -1; }
+  if (!b->seq_lens || !b->block_table) { pat_set_err(err, errlen, "batch has no seq_lens or block_table"); return -1; }
+  if (b->page_size < 1) { pat_set_err(err, errlen, "page size %d is not positive", (int)b->page_size); return -1; }
   if (s->page_size > 0 && s->page_size != b->page_size) {
-    set_err(err, errlen, "batch page size %d differs from the spec's %d", (int)b->page_size, s->page_size);
+    pat_set_err(err, errlen, "batch page size %d differs from the spec's %d", (int)b->page_size, s->page_size);
     return -1;
   }
-  if (b->block_table_stride < 1) { set_err(err, errlen, "block table stride %d is not positive", (int)b->block_table_stride); return -1; }
-  if (b->num_pages_total < 1) { set_err(err, errlen, "KV cache has %d pages", (int)b->num_pages_total); return -1; }
-  if (b->gqa < 1) { set_err(err, errlen, "GQA ratio %d is not positive", (int)b->gqa); return -1; }
+  if (b->block_table_stride < 1) { pat_set_err(err, errlen, "block table stride %d is not positive", (int)b->block_table_stride); return -1; }
+  if (b->num_pages_total < 1) { pat_set_err(err, errlen, "KV cache has %d pages", (int)b->num_pages_total); return -1; }
+  if (b->gqa < 1) { pat_set_err(err, errlen, "GQA ratio %d is not positive", (int)b->gqa); return -1; }
   if (s->num_gqa > 0) {
     int ok = 0;
     for (int i = 0; i < s->num_gqa; i++) ok |= s->gqa[i] == b->gqa;
-    if (!ok) { set_err(err, errlen, "GQA ratio %d is not built by spec '%s'", (int)b->gqa, s->name); return -1; }
+    if (!ok) { pat_set_err(err, errlen, "GQA ratio %d is not built by spec '%s'", (int)b->gqa, s->name); return -1; }
   }
-  if (s->num_tiles < 1) { set_err(err, errlen, "spec '%s' has no tiles", s->name); return -1; }
+  if (s->num_tiles < 1) { pat_set_err(err, errlen, "spec '%s' has no tiles", s->name); return -1; }
   int mmax = 0;
   for (int i = 0; i < model_tiles(s); i++) mmax = s->tiles[i].m > mmax ? s->tiles[i].m : mmax;
   if (mmax < b->gqa) {
-    set_err(err, errlen, "GQA ratio %d exceeds the largest tile M %d", (int)b->gqa, mmax);
+    pat_set_err(err, errlen, "GQA ratio %d exceeds the largest tile M %d", (int)b->gqa, mmax);
     return -1;
   }
   if (o->num_sms < 1 || o->kv_heads < 1) {
-    set_err(err, errlen, "num_sms (%d) and kv_heads (%d) must be positive", o->num_sms, o->kv_heads);
+    pat_set_err(err, errlen, "num_sms (%d) and kv_heads (%d) must be positive", o->num_sms, o->kv_heads);
     return -1;
   }
   if (o->mode != PAT_SCHED_PREFIX && o->mode != PAT_SCHED_DIRECT) {
-    set_err(err, errlen, "unknown scheduler mode %d", (int)o->mode);
+    pat_set_err(err, errlen, "unknown scheduler mode %d", (int)o->mode);
     return -1;
   }
   int64_t cap_tokens = (int64_t)b->block_table_stride * b->page_size;
   for (int32_t q = 0; q < b->num_queries; q++) {
     int32_t len = b->seq_lens[q];
-    if (len < 1) { set_err(err, errlen, "query %d: seq_len %d (need at least 1)", (int)q, (int)len); return -1; }
+    if (len < 1) { pat_set_err(err, errlen, "query %d: seq_len %d (need at least 1)", (int)q, (int)len); return -1; }
     if (len > cap_tokens) {
-      set_err(err, errlen, "query %d: seq_len %d exceeds its block table row (%d pages x %d tokens)",
+      pat_set_err(err, errlen, "query %d: seq_len %d exceeds its block table row (%d pages x %d tokens)",
               (int)q, (int)len, (int)b->block_table_stride, (int)b->page_size);
       return -1;
     }
@@ -320,7 +319,7 @@ static void report_conflict(const ctx *c, int32_t page, char *err, size_t errlen
     for (int32_t i = 0; i < np; i++) {
       if (row[i] != page) continue;
       if (first >= 0) {
-        set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
+        pat_set_err(err, errlen, "query %d: page %d appears twice (positions %d and %d)",
                 (int)q, (int)page, (int)first, (int)i);
         return;
       }
@@ -332,21 +331,21 @@ static void report_conflict(const ctx *c, int32_t page, char *err, size_t errlen
     if (part || fpart) {
       int32_t pq = part ? q : fq, ppos = part ? first : fpos;
       int32_t oq = part ? fq : q, opos = part ? fpos : first;
-      set_err(err, errlen,
+      pat_set_err(err, errlen,
               "query %d: page %d is its partial last page (position %d) and is also used by "
               "query %d at position %d; a partial page cannot be shared",
               (int)pq, (int)page, (int)ppos, (int)oq, (int)opos);
       return;
     }
     if (first != fpos) {
-      set_err(err, errlen,
+      pat_set_err(err, errlen,
               "query %d: page %d at position %d is also used by query %d at position %d; a "
               "shared page must hold the same tokens (same position) in every query",
               (int)q, (int)page, (int)first, (int)fq, (int)fpos);
       return;
     }
   }
-  set_err(err, errlen, "page %d: inconsistent use", (int)page);
+  pat_set_err(err, errlen, "page %d: inconsistent use", (int)page);
 }
 
 typedef struct ptab {  /* page id -> code: a direct array, or an open-addressing map */
@@ -381,7 +380,7 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
   t.code = malloc(t.cap * sizeof *t.code);
   if (!t.code || (!t.direct && !t.key)) {
     free(t.key); free(t.code);
-    set_err(err, errlen, "out of memory");
+    pat_set_err(err, errlen, "out of memory");
     return -1;
   }
   memset(t.code, 0xff, t.cap * sizeof *t.code);
@@ -394,7 +393,7 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
     for (int32_t i = 0; i < nd->npages; i++) {
       int32_t page = row[nd->pos + i], pos = nd->pos + i;
       if (page < 0 || page >= npt) {
-        set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+        pat_set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
                 (int)q, (int)page, (int)pos, (int)npt);
         rc = -1;
         break;
@@ -409,7 +408,7 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
     if (tt == 0) continue;
     int32_t pos = c->nf[q], page = row_of(c, q)[pos];
     if (page < 0 || page >= npt) {
-      set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+      pat_set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
               (int)q, (int)page, (int)pos, (int)npt);
       rc = -1;
       break;
@@ -497,7 +496,7 @@ static int check_pages_fast(const ctx *c, int64_t *unique_tokens)
 static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   int rc = check_pages_fast(c, unique_tokens);
-  if (rc < 0) { set_err(err, errlen, "out of memory"); return -1; }
+  if (rc < 0) { pat_set_err(err, errlen, "out of memory"); return -1; }
   return rc == 0 ? 0 : check_pages_exact(c, unique_tokens, err, errlen);
 }
 
@@ -908,7 +907,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
                     char *err, size_t errlen)
 {
   if (err && errlen) err[0] = '\0';
-  if (!plan) { set_err(err, errlen, "no plan to fill"); return -1; }
+  if (!plan) { pat_set_err(err, errlen, "no plan to fill"); return -1; }
   memset(plan, 0, sizeof *plan);
   if (check_batch(b, o, err, errlen)) return -1;
 
@@ -936,7 +935,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.bp = malloc((size_t)c.bpcap * sizeof *c.bp);
   int rc = -1;
   int64_t unique = 0;
-  if (!c.bp || alloc_scratch(&c)) { set_err(err, errlen, "out of memory"); goto out; }
+  if (!c.bp || alloc_scratch(&c)) { pat_set_err(err, errlen, "out of memory"); goto out; }
   int32_t *inh = c.mr + c.cap + 1, *sa = inh + (2 * n + 1);
   c.mf = mfit(c.s, c.cap * c.gqa);
   for (int32_t r = 0; r <= c.cap; r++) c.mr[r] = mfit(c.s, r * c.gqa);
@@ -970,7 +969,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
 
   if (o->mode == PAT_SCHED_PREFIX) {
     compute_costs(&c);
-    if (emit_prefix(&c, inh, sa)) { set_err(err, errlen, "out of memory"); goto out; }
+    if (emit_prefix(&c, inh, sa)) { pat_set_err(err, errlen, "out of memory"); goto out; }
   } else {
     for (int32_t i = 0; i < c.n; i++) {
       int32_t q = c.order[i];
@@ -980,7 +979,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   }
   if (split_packs(&c, c.cnt) || assemble(&c, c.cnt, plan)) {
     pat_host_plan_free(plan);
-    set_err(err, errlen, "out of memory or plan too large");
+    pat_set_err(err, errlen, "out of memory or plan too large");
     goto out;
   }
   plan->kv_tokens_unique = unique;

@@ -42,6 +42,11 @@ typedef struct pat_sched_opts {
 int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
                     char *err, size_t errlen);
 
+/* printf into err (errlen bytes, NUL-terminated; nothing when err is NULL or errlen 0): the
+** message writer of the scheduler and the workload builders. */
+__attribute__((format(printf, 3, 4)))
+void pat_set_err(char *err, size_t errlen, const char *fmt, ...);
+
 /* Returns the name of a mode ("prefix", "direct"); a static string. */
 const char *pat_sched_mode_name(pat_sched_mode mode);
 

@@ -2,7 +2,6 @@
 ** random trees. Page ids are shuffled with splitmix64 (deterministic, no global state). */
 #include "tree.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,16 +16,6 @@ const char *const pat_paper_trees[PAT_NUM_PAPER_TREES] = {
   "256_1024", "256_4096"};
 
 #define TREE_MAX_LEVELS 16
-
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-  if (!err || errlen == 0) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, errlen, fmt, ap);
-  va_end(ap);
-}
 
 static uint64_t splitmix64(uint64_t *s)
 {
@@ -101,32 +90,32 @@ pat_batch pat_workload_batch(const pat_workload *w, int gqa)
 int pat_tree_parse(const char *text, int page_size, uint64_t seed, pat_workload *w,
                    char *err, size_t errlen)
 {
-  if (!w) { set_err(err, errlen, "no workload to fill"); return -1; }
+  if (!w) { pat_set_err(err, errlen, "no workload to fill"); return -1; }
   memset(w, 0, sizeof *w);
-  if (!text) { set_err(err, errlen, "no tree string"); return -1; }
-  if (page_size < 1) { set_err(err, errlen, "page size %d is not positive", page_size); return -1; }
+  if (!text) { pat_set_err(err, errlen, "no tree string"); return -1; }
+  if (page_size < 1) { pat_set_err(err, errlen, "page size %d is not positive", page_size); return -1; }
   const char *us = strchr(text, '_');
-  if (!us) { set_err(err, errlen, "tree '%s': expected COUNTS_LENGTHS", text); return -1; }
+  if (!us) { pat_set_err(err, errlen, "tree '%s': expected COUNTS_LENGTHS", text); return -1; }
   long cnt[TREE_MAX_LEVELS], len[TREE_MAX_LEVELS];
   int nc = 0, nl = 0;
   if (parse_list(text, us, cnt, &nc) || parse_list(us + 1, us + 1 + strlen(us + 1), len, &nl)) {
-    set_err(err, errlen, "tree '%s': counts and lengths must be lists of positive integers", text);
+    pat_set_err(err, errlen, "tree '%s': counts and lengths must be lists of positive integers", text);
     return -1;
   }
   if (nc != nl) {
-    set_err(err, errlen, "tree '%s': %d counts but %d lengths", text, nc, nl);
+    pat_set_err(err, errlen, "tree '%s': %d counts but %d lengths", text, nc, nl);
     return -1;
   }
   int64_t total_pages = 0, stride = 0, prefix_tokens = 0;
   long pages[TREE_MAX_LEVELS];
   for (int l = 0; l < nc; l++) {
     if (l + 1 < nc && cnt[l + 1] % cnt[l]) {
-      set_err(err, errlen, "tree '%s': level %d has %ld nodes, not a multiple of level %d's %ld",
+      pat_set_err(err, errlen, "tree '%s': level %d has %ld nodes, not a multiple of level %d's %ld",
               text, l + 1, cnt[l + 1], l, cnt[l]);
       return -1;
     }
     if (l + 1 < nc && len[l] % page_size) {
-      set_err(err, errlen, "tree '%s': level %d node length %ld is not a multiple of the page "
+      pat_set_err(err, errlen, "tree '%s': level %d node length %ld is not a multiple of the page "
               "size %d (only the last level may be ragged)", text, l, len[l], page_size);
       return -1;
     }
@@ -136,7 +125,7 @@ int pat_tree_parse(const char *text, int page_size, uint64_t seed, pat_workload 
     if (l + 1 < nc) prefix_tokens += len[l];
   }
   if (total_pages > (1LL << 30) || (int64_t)cnt[nc - 1] * stride > (1LL << 30)) {
-    set_err(err, errlen, "tree '%s' is too large", text);
+    pat_set_err(err, errlen, "tree '%s' is too large", text);
     return -1;
   }
   uint64_t st = seed;
@@ -147,7 +136,7 @@ int pat_tree_parse(const char *text, int page_size, uint64_t seed, pat_workload 
   if (!perm || !w->seq_lens || !w->block_table) {
     free(perm);
     pat_workload_free(w);
-    set_err(err, errlen, "out of memory");
+    pat_set_err(err, errlen, "out of memory");
     return -1;
   }
   int64_t off[TREE_MAX_LEVELS], o = 0;
@@ -246,9 +235,9 @@ static void gen_node(rgen *g, int d, int32_t plen)
 int pat_tree_random(uint64_t seed, const pat_random_tree_opts *opts, int page_size,
                     pat_workload *w, char *err, size_t errlen)
 {
-  if (!w) { set_err(err, errlen, "no workload to fill"); return -1; }
+  if (!w) { pat_set_err(err, errlen, "no workload to fill"); return -1; }
   memset(w, 0, sizeof *w);
-  if (page_size < 1) { set_err(err, errlen, "page size %d is not positive", page_size); return -1; }
+  if (page_size < 1) { pat_set_err(err, errlen, "page size %d is not positive", page_size); return -1; }
   rgen g;
   memset(&g, 0, sizeof g);
   if (opts) g.o = *opts;
@@ -274,7 +263,7 @@ int pat_tree_random(uint64_t seed, const pat_random_tree_opts *opts, int page_si
   int rc = -1;
   if (!perm || !w->seq_lens || !w->block_table) {
     pat_workload_free(w);
-    set_err(err, errlen, "out of memory");
+    pat_set_err(err, errlen, "out of memory");
     goto out;
   }
   for (int32_t q = 0; q < g.nq; q++) {
@@ -290,7 +279,7 @@ int pat_tree_random(uint64_t seed, const pat_random_tree_opts *opts, int page_si
   /* distinct tokens: full pages once each, partial last pages are private */
   {
     unsigned char *seen = calloc((size_t)(g.next_page > 0 ? g.next_page : 1), 1);
-    if (!seen) { pat_workload_free(w); set_err(err, errlen, "out of memory"); goto out; }
+    if (!seen) { pat_workload_free(w); pat_set_err(err, errlen, "out of memory"); goto out; }
     int64_t unique = 0;
     for (int32_t q = 0; q < g.nq; q++) {
       int32_t full = g.seq[q] / page_size;
