@@ -11,12 +11,13 @@
 #include "sched.h"
 #include "spec.h"
 #include "tree.h"
+#include "tuning.h"
 
 #define DEFAULT_SPEC "specs/default.yaml"
 #define DEFAULT_TREE "1,64_2048,256" /* a 2048-token system prompt shared by 64 requests */
 
 typedef struct run_args {
-  const char *spec, *tree;
+  const char *spec, *tree, *tuning;
   int q_heads, kv_heads, num_sms, iters, ordered;
 } run_args;
 
@@ -29,6 +30,7 @@ static int parse_args(int argc, char **argv, run_args *a, int tree_positional)
     else if (!strcmp(argv[i], "--sms") && v) a->num_sms = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--iters") && v) a->iters = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ordered-pages")) a->ordered = 1;
+    else if (!strcmp(argv[i], "--tuning") && v && tree_positional) a->tuning = argv[++i];
     else if (!strcmp(argv[i], "--heads") && v) {
       if (sscanf(argv[++i], "%d/%d", &a->q_heads, &a->kv_heads) != 2 || a->q_heads <= 0 ||
           a->kv_heads <= 0 || a->q_heads % a->kv_heads) {
@@ -141,6 +143,14 @@ int patgen_cmd_plan(int argc, char **argv)
   if (pat_spec_load(a.spec ? a.spec : DEFAULT_SPEC, &spec, err, sizeof err)) {
     fprintf(stderr, "%s\n", err);
     return 1;
+  }
+  if (a.tuning) {  /* a preview: applied whatever GPU it was measured on */
+    pat_tuning t;
+    if (pat_tuning_load(a.tuning, &t, err, sizeof err) || pat_tuning_apply(&t, &spec, err, sizeof err)) {
+      fprintf(stderr, "%s\n", err);
+      return 1;
+    }
+    printf("tuning table %s (measured on %s): %d tile choices\n", a.tuning, t.gpu, t.num_choices);
   }
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {

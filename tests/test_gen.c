@@ -195,3 +195,22 @@ Test(patgen, compile_reports_resources)
   cr_expect(strstr(out, "0 failures") != NULL, "got: %s", out);
   cr_expect_eq(sh("bin/patgen compile tests/golden.yaml --arch sm_7", out, sizeof out), 2);
 }
+
+Test(patgen, plan_previews_a_tuning_table)
+{
+  char out[16384];
+  cr_assert_eq(system("mkdir -p build"), 0);
+  FILE *f = fopen("build/test_preview.tune.yaml", "w");
+  cr_assert_not_null(f);
+  fputs("spec: default\ngpu: \"Example GPU\"\nchoices:\n"
+        "  - {gqa: 4, rows: 16, tokens: 256, m: 16, n: 16, warps: 1, stages: 2}\n", f);
+  fclose(f);
+  cr_assert_eq(sh("bin/patgen plan 1,8,512_32,512,256 --tuning build/test_preview.tune.yaml", out, sizeof out), 0,
+               "%s", out);
+  cr_expect(strstr(out, "measured on Example GPU): 1 tile choices"), "%s", out);
+  cr_expect(strstr(out, "tile m16 n16 w1 s2:    512 packs"), "the 256-token leaves take the table's tile:\n%s", out);
+  cr_assert_eq(sh("bin/patgen plan 1,8,512_32,512,256", out, sizeof out), 0, "%s", out);
+  cr_expect(!strstr(out, "m16 n16"), "without the table the cost model keeps the spec's tiles:\n%s", out);
+  cr_expect_eq(sh("bin/patgen plan 1,8,512_32,512,256 --tuning build/no_such.tune.yaml", out, sizeof out), 1);
+  cr_expect(strstr(out, "build/no_such.tune.yaml: error: cannot open"), "%s", out);
+}
