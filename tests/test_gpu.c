@@ -244,6 +244,35 @@ Test(gpu, long_pack_beyond_page_window, .timeout = 300)
   pat_context_destroy(ctx);
 }
 
+/* 64 splits per query: the merge's second round of 32 LSEs and its partial batches. */
+Test(gpu, merge_of_many_splits, .timeout = 300)
+{
+  skip_without_gpu();
+  const char *path = "build/gpu_specs/many_splits.yaml";
+  cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
+  FILE *f = fopen(path, "w");
+  cr_assert_not_null(f);
+  fprintf(f, "name: many_splits\npage_size: 16\ngqa: [4]\ntiles: [{m: 16, n: 64, warps: 4, stages: 3}]\n"
+             "split: {min_kv_per_split: 16, max_splits: 64, ctas_per_sm: 4}\narchs: [sm_90]\n");
+  fclose(f);
+  pat_context *ctx = open_ctx(path);
+  pat_workload w;
+  char err[4096];
+  cr_assert_eq(pat_tree_parse("2_2000", 16, 21, &w, err, sizeof err), 0, "%s", err);
+  harness *h = harness_create(ctx, &w, 8, 2, 5, err, sizeof err);
+  cr_assert_not_null(h, "%s", err);
+  harness_result r;
+  cr_assert_eq(harness_run(h, PAT_MODE_PREFIX, 0, 0, &r, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(r.info.num_merges, 2);
+  cr_assert_gt(r.info.num_slots / r.info.num_merges, 32, "%d slots for %d merges", r.info.num_slots,
+               r.info.num_merges);
+  cr_expect_eq(r.nonfinite, 0);
+  cr_expect(r.rel_err < TOL_FP16, "rel_err %.3e", r.rel_err);
+  harness_destroy(h);
+  pat_workload_free(&w);
+  pat_context_destroy(ctx);
+}
+
 /* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
 ** left unused when written for another GPU, ignored with PAT_TUNING=off. */
 Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
