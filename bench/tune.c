@@ -149,9 +149,7 @@ static void add_candidates(pat_spec *s, const pat_spec *cand)
   for (int i = 0; i < cand->num_tiles && s->num_tiles < PAT_MAX_TILES; i++) {
     const pat_tile *c = &cand->tiles[i];
     int dup = 0;
-    for (int k = 0; k < s->num_tiles; k++)
-      dup |= s->tiles[k].m == c->m && s->tiles[k].n == c->n && s->tiles[k].warps == c->warps &&
-             s->tiles[k].stages == c->stages;
+    for (int k = 0; k < s->num_tiles; k++) dup |= pat_tile_same(&s->tiles[k], c);
     char err[256];
     if (!dup && !pat_tile_check(s, c, err, sizeof err)) s->tiles[s->num_tiles++] = *c;
   }
@@ -205,7 +203,7 @@ int main(int argc, char **argv)
           spec.num_tiles - base.num_tiles, t.ntrees, t.iters, seed);
 
   for (int i = 0; i < t.ntrees; i++) {
-    if (pat_tree_parse(t.trees[i], spec.page_size, seed * 1000 + (unsigned)i, &t.work[i], err, sizeof err)) {
+    if (pat_tree_parse(t.trees[i], spec.page_size, seed * 1000 + (unsigned)i + 1, &t.work[i], err, sizeof err)) {
       fprintf(stderr, "pattune: tree %s: %s\n", t.trees[i], err);
       return 1;
     }

@@ -95,3 +95,8 @@ int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n)
 {
   return snprintf(buf, n, "pat_merge_%s", s->name);
 }
+
+int pat_tile_same(const pat_tile *a, const pat_tile *b)
+{
+  return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages;
+}

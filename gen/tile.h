@@ -21,6 +21,9 @@ int pat_arch_smem_limit(int arch);
 ** message (no file position) in err. */
 int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen);
 
+/* Whether two tiles have the same shape (m, n, warps, stages). */
+int pat_tile_same(const pat_tile *a, const pat_tile *b);
+
 /* Kernel name: pat_fwd_<spec>_m<M>n<N>w<W>s<S>_g<G>. Returns snprintf's result. */
 int pat_tile_kernel_name(const pat_spec *s, const pat_tile *t, int gqa, char *buf, size_t n);
 int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n);

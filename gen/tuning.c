@@ -17,11 +17,6 @@ int pat_token_class(int tokens)
   return tokens <= 64 ? 0 : tokens <= 256 ? 1 : tokens <= 1024 ? 2 : 3;
 }
 
-static int same_tile(const pat_tile *a, const pat_tile *b)
-{
-  return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages;
-}
-
 int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen)
 {
   if (strcmp(t->spec, s->name)) {
@@ -46,7 +41,7 @@ int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen)
       return -1;
     }
     int k = 0;
-    while (k < n.num_tiles && !same_tile(&n.tiles[k], &c->tile)) k++;
+    while (k < n.num_tiles && !pat_tile_same(&n.tiles[k], &c->tile)) k++;
     if (k == n.num_tiles) {
       if (n.num_tiles == PAT_MAX_TILES) {
         snprintf(err, errlen, "%s:%d: error: choices[%d]: more than %d tiles with the spec's own",
