@@ -3,6 +3,7 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,22 +133,21 @@ static void fill_random(const harness *h, uint16_t *dst, size_t n, uint64_t seed
 #define CK(call) PAT_CU(h->cu, call, err, errlen)
 
 /* Buffers for max_queries queries and max_pages pages; h->w set by the caller. */
-static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t max_queries, int32_t max_pages,
-                             int32_t page_size, int q_heads, int kv_heads, uint64_t seed, char *err,
-                             size_t errlen)
+/* The host side: sizes and random q, K, V (no device, no context). */
+static harness *create_host(const pat_workload *w, int32_t max_queries, int32_t max_pages, int32_t page_size,
+                            int q_heads, int kv_heads, int head_dim, int bf16, uint64_t seed, char *err,
+                            size_t errlen)
 {
   harness *h = calloc(1, sizeof *h);
   if (!h) {
     snprintf(err, errlen, "out of memory");
     return NULL;
   }
-  h->ctx = ctx;
-  h->cu = ctx->cu;
   h->w = w;
   h->q_heads = q_heads;
   h->kv_heads = kv_heads;
-  h->head_dim = ctx->spec.head_dim;
-  h->bf16 = ctx->spec.dtype == PAT_BF16;
+  h->head_dim = head_dim;
+  h->bf16 = bf16;
   h->max_queries = max_queries;
   h->max_pages = max_pages;
   h->page_size = page_size;
@@ -165,6 +165,19 @@ static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t ma
   fill_random(h, h->hq, h->q_elems, seed * 3 + 1);
   fill_random(h, h->hk, h->kv_elems, seed * 3 + 2);
   fill_random(h, h->hv, h->kv_elems, seed * 3 + 3);
+  return h;
+}
+
+/* Host buffers for max_queries queries and max_pages pages, then their device copies. */
+static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t max_queries, int32_t max_pages,
+                             int32_t page_size, int q_heads, int kv_heads, uint64_t seed, char *err,
+                             size_t errlen)
+{
+  harness *h = create_host(w, max_queries, max_pages, page_size, q_heads, kv_heads, ctx->spec.head_dim,
+                           ctx->spec.dtype == PAT_BF16, seed, err, errlen);
+  if (!h) return NULL;
+  h->ctx = ctx;
+  h->cu = ctx->cu;
   h->flush_bytes = (size_t)256 << 20; /* several times any L2 */
   if (CK(h->cu->cuCtxSetCurrent(ctx->cuctx)) || CK(h->cu->cuMemAlloc(&h->q, h->q_elems * 2)) ||
       CK(h->cu->cuMemAlloc(&h->out, h->q_elems * 2)) || CK(h->cu->cuMemAlloc(&h->k, h->kv_elems * 2)) ||
@@ -176,6 +189,23 @@ static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t ma
     return NULL;
   }
   return h;
+}
+
+harness *harness_create_host(const pat_workload *w, int q_heads, int kv_heads, int head_dim, int bf16,
+                             uint64_t seed, char *err, size_t errlen)
+{
+  return create_host(w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, head_dim, bf16, seed, err,
+                     errlen);
+}
+
+uint16_t *harness_host_out(harness *h)
+{
+  return h->hout;
+}
+
+void harness_store(const harness *h, float f, uint16_t *dst)
+{
+  *dst = h->bf16 ? float_to_bf16(f) : float_to_half(f);
 }
 
 harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
@@ -246,7 +276,7 @@ void harness_destroy(harness *h)
 }
 
 /* fp32 attention of one query (all heads) over its tokens, in double accumulation. */
-static void reference_query(const harness *h, int qi, float *out)
+void harness_reference(const harness *h, int qi, float *out)
 {
   const pat_workload *w = h->w;
   const int D = h->head_dim, G = h->q_heads / h->kv_heads, len = w->seq_lens[qi];
@@ -293,41 +323,89 @@ static int cmp_float(const void *a, const void *b)
   return (x > y) - (x < y);
 }
 
+/* One thread's share of a check: queries tid, tid + T, ... (every query is scanned for
+** non-finite outputs; every step-th is compared with the reference). */
+typedef struct check_job {
+  const harness *h;
+  int tid, threads, step;
+  double num, den, max_abs;
+  long long nonfinite;
+  int checked;
+} check_job;
+
+static void *check_part(void *arg)
+{
+  check_job *j = arg;
+  const harness *h = j->h;
+  const int D = h->head_dim, HD = h->q_heads * D;
+  float *ref = malloc(sizeof(float) * (size_t)HD);
+  for (int qi = j->tid; qi < h->w->num_queries; qi += j->threads) {
+    const uint16_t *o = h->hout + (size_t)qi * HD;
+    for (int i = 0; i < HD; i++)
+      if (!isfinite(to_float(h, o[i]))) j->nonfinite++;
+    if (qi % j->step || !ref) continue;
+    harness_reference(h, qi, ref);
+    j->checked++;
+    for (int i = 0; i < HD; i++) {
+      double e = fabs((double)to_float(h, o[i]) - ref[i]);
+      if (!isfinite(e)) continue;
+      if (e > j->max_abs) j->max_abs = e;
+      j->num += e * e;
+      j->den += (double)ref[i] * ref[i];
+    }
+  }
+  if (!ref) j->checked = -1;  /* out of memory: reported by the caller */
+  free(ref);
+  return NULL;
+}
+
 int harness_check(harness *h, int max_check, harness_result *r, char *err, size_t errlen)
 {
-  const pat_workload *w = h->w;
   r->rel_err = r->max_abs_err = 0;
   r->nonfinite = 0;
   r->checked_queries = 0;
-  float *ref = NULL;
-  int rc = -1;
   if (CK(h->cu->cuCtxSetCurrent(h->ctx->cuctx)) || CK(h->cu->cuCtxSynchronize()) ||
       CK(h->cu->cuMemcpyDtoH(h->hout, h->out, h->q_elems * 2)))
-    goto done;
-  const int D = h->head_dim, nq = w->num_queries;
+    return -1;
+  return harness_check_host(h, max_check, r, err, errlen);
+}
+
+int harness_check_host(harness *h, int max_check, harness_result *r, char *err, size_t errlen)
+{
+  r->rel_err = r->max_abs_err = 0;
+  r->nonfinite = 0;
+  r->checked_queries = 0;
+  const int nq = h->w->num_queries;
   int step = (max_check > 0 && nq > max_check) ? (nq + max_check - 1) / max_check : 1;
-  ref = malloc(sizeof(float) * (size_t)h->q_heads * D);
+  /* The fp64 reference is the slow part of a GPU test run: one thread per core. */
+  enum { MAX_THREADS = 32 };
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  int threads = cores < 1 ? 1 : cores > MAX_THREADS ? MAX_THREADS : (int)cores;
+  check_job jobs[MAX_THREADS];
+  pthread_t th[MAX_THREADS];
+  int started[MAX_THREADS] = {0};
+  for (int t = 0; t < threads; t++) {
+    jobs[t] = (check_job){.h = h, .tid = t, .threads = threads, .step = step};
+    started[t] = pthread_create(&th[t], NULL, check_part, &jobs[t]) == 0;
+    if (!started[t]) check_part(&jobs[t]);
+  }
   double num = 0, den = 0;
-  for (int qi = 0; qi < nq; qi++) {
-    const uint16_t *o = h->hout + (size_t)qi * h->q_heads * D;
-    for (int i = 0; i < h->q_heads * D; i++)
-      if (!isfinite(to_float(h, o[i]))) r->nonfinite++;
-    if (qi % step) continue;
-    reference_query(h, qi, ref);
-    r->checked_queries++;
-    for (int i = 0; i < h->q_heads * D; i++) {
-      double e = fabs((double)to_float(h, o[i]) - ref[i]);
-      if (!isfinite(e)) continue;
-      if (e > r->max_abs_err) r->max_abs_err = e;
-      num += e * e;
-      den += (double)ref[i] * ref[i];
-    }
+  int oom = 0;
+  for (int t = 0; t < threads; t++) {
+    if (started[t]) pthread_join(th[t], NULL);
+    num += jobs[t].num;
+    den += jobs[t].den;
+    if (jobs[t].max_abs > r->max_abs_err) r->max_abs_err = jobs[t].max_abs;
+    r->nonfinite += jobs[t].nonfinite;
+    if (jobs[t].checked < 0) oom = 1;
+    else r->checked_queries += jobs[t].checked;
+  }
+  if (oom) {
+    snprintf(err, errlen, "harness_check: out of host memory");
+    return -1;
   }
   r->rel_err = den > 0 ? sqrt(num / den) : 0;
-  rc = 0;
-done:
-  free(ref);
-  return rc;
+  return 0;
 }
 
 /* Plan build time: the median of 9 rebuilds (host only). */

@@ -49,6 +49,21 @@ int harness_poison(harness *h, char *err, size_t errlen);
 ** nonfinite and checked_queries of r. Returns 0, or -1 with a message. */
 int harness_check(harness *h, int max_check, harness_result *r, char *err, size_t errlen);
 
+/* Host side only, for tests without a GPU: the same random inputs as harness_create (for the
+** given head_dim and dtype), and host output rows [num_queries][q_heads][head_dim] to fill. */
+harness *harness_create_host(const pat_workload *w, int q_heads, int kv_heads, int head_dim, int bf16,
+                             uint64_t seed, char *err, size_t errlen);
+uint16_t *harness_host_out(harness *h);
+
+/* Rounds f to the harness's dtype into *dst. */
+void harness_store(const harness *h, float f, uint16_t *dst);
+
+/* The fp32 reference of query qi, all heads: out[q_heads][head_dim] (fp64 accumulation). */
+void harness_reference(const harness *h, int qi, float *out);
+
+/* harness_check on the host output as it is (no download). */
+int harness_check_host(harness *h, int max_check, harness_result *r, char *err, size_t errlen);
+
 /* Plans w in `mode`, poisons out with NaN, runs pat_forward once and checks every query
 ** (or an evenly spread sample of max_check queries, 0 = all) against the CPU reference;
 ** then, when iters > 0, times iters runs after a warm-up. Returns 0, or -1 with a message. */
