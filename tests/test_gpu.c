@@ -26,21 +26,31 @@ static void skip_without_gpu(void)
   }
 }
 
-/* Writes a spec file under build/gpu_specs and returns its path (static buffer). */
-static const char *write_spec(const char *name, const char *dtype, int head_dim, int page,
-                              const char *gqa, const char *tiles)
+/* Writes build/gpu_specs/NAME.yaml: "name: NAME" then body; returns its path (static buffer). */
+static const char *write_spec_text(const char *name, const char *body)
 {
   static char path[256];
   cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
   snprintf(path, sizeof path, "build/gpu_specs/%s.yaml", name);
   FILE *f = fopen(path, "w");
   cr_assert_not_null(f);
-  fprintf(f, "name: %s\ndtype: %s\nhead_dim: %d\npage_size: %d\ngqa: %s\ntiles: %s\n"
-             "split: {min_kv_per_split: 64, max_splits: 16, ctas_per_sm: 2}\narchs: [sm_90]\n",
-          name, dtype, head_dim, page, gqa, tiles);
+  fprintf(f, "name: %s\n%sarchs: [sm_90]\n", name, body);
   fclose(f);
   return path;
 }
+
+/* A spec with the suites' usual split policy. */
+static const char *write_spec(const char *name, const char *dtype, int head_dim, int page,
+                              const char *gqa, const char *tiles)
+{
+  char body[1024];
+  snprintf(body, sizeof body, "dtype: %s\nhead_dim: %d\npage_size: %d\ngqa: %s\ntiles: %s\n"
+           "split: {min_kv_per_split: 64, max_splits: 16, ctas_per_sm: 2}\n", dtype, head_dim, page, gqa, tiles);
+  return write_spec_text(name, body);
+}
+
+/* fp16, head_dim 128, page 16, GQA 4, one tile: the body of the single-path specs, before their split. */
+#define ONE_TILE_P16 "page_size: 16\ngqa: [4]\ntiles: [{m: 16, n: 64, warps: 4, stages: 3}]\n"
 
 static pat_context *open_ctx_mode(const char *spec_path, int lazy)
 {
@@ -228,14 +238,8 @@ Test(gpu, bad_batches_are_refused, .timeout = 300)
 Test(gpu, long_pack_beyond_page_window, .timeout = 300)
 {
   skip_without_gpu();
-  const char *path = "build/gpu_specs/one_split.yaml";
-  cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
-  FILE *f = fopen(path, "w");
-  cr_assert_not_null(f);
-  fprintf(f, "name: one_split\npage_size: 16\ngqa: [4]\ntiles: [{m: 16, n: 64, warps: 4, stages: 3}]\n"
-             "split: {min_kv_per_split: 16384, max_splits: 1, ctas_per_sm: 1}\narchs: [sm_90]\n");
-  fclose(f);
-  pat_context *ctx = open_ctx(path);
+  pat_context *ctx = open_ctx(write_spec_text(
+      "one_split", ONE_TILE_P16 "split: {min_kv_per_split: 16384, max_splits: 1, ctas_per_sm: 1}\n"));
   pat_workload w;
   char err[512];
   cr_assert_eq(pat_tree_parse("2_10000", 16, 9, &w, err, sizeof err), 0, "%s", err);
@@ -248,14 +252,8 @@ Test(gpu, long_pack_beyond_page_window, .timeout = 300)
 Test(gpu, merge_of_many_splits, .timeout = 300)
 {
   skip_without_gpu();
-  const char *path = "build/gpu_specs/many_splits.yaml";
-  cr_assert_eq(system("mkdir -p build/gpu_specs"), 0);
-  FILE *f = fopen(path, "w");
-  cr_assert_not_null(f);
-  fprintf(f, "name: many_splits\npage_size: 16\ngqa: [4]\ntiles: [{m: 16, n: 64, warps: 4, stages: 3}]\n"
-             "split: {min_kv_per_split: 16, max_splits: 64, ctas_per_sm: 4}\narchs: [sm_90]\n");
-  fclose(f);
-  pat_context *ctx = open_ctx(path);
+  pat_context *ctx = open_ctx(write_spec_text(
+      "many_splits", ONE_TILE_P16 "split: {min_kv_per_split: 16, max_splits: 64, ctas_per_sm: 4}\n"));
   pat_workload w;
   char err[4096];
   cr_assert_eq(pat_tree_parse("2_2000", 16, 21, &w, err, sizeof err), 0, "%s", err);
