@@ -6,7 +6,8 @@
 #   python    the Python binding's tests (GPU ones included) and the decode demo
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py)
-#   probe   per-kernel durations and DRAM bytes (ncu) on a few trees
+#   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
+#   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 set -u -o pipefail
 out=${OUT:-build}
 export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -69,6 +70,18 @@ final)
   left=$((575 - SECONDS))
   timeout $left build/gpu/patbench --spec specs/default.yaml --iters 50 --out "$out/patbench-tuned-$tag.jsonl" 2>&1 | tee "$out/patbench-tuned-$tag.txt" | tail -16
   ;;
+detail)
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  i=0
+  for case in ${CASES:-2,8,16,256_256,256,32,32:64/8 1,256_256,32:16/8}; do
+    i=$((i + 1)); echo "== detail $i: $case"
+    timeout 150 $ncu --clock-control none --page details \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+      build/gpu/patgen run --tree ${case%%:*} --heads ${case##*:} --iters 1 > "$out/detail-$tag-$i.txt" 2>&1
+    grep -E '^  [a-z_]+.*\(|Duration|Registers Per|Achieved Occ|Theoretical Occ|Block Limit|Stall|Compute \(SM\) Thr|Memory Thr|DRAM Thr|Warp Cycles Per Issued|Issued Warp' "$out/detail-$tag-$i.txt" | head -80
+  done
+  ;;
 tune)
   # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
   timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
@@ -80,5 +93,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|final|tune"; exit 2 ;;
 esac
