@@ -8,6 +8,8 @@
 #   peers     the PyTorch peers on the same workloads (bench/peers.py)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
+#   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
+#             then the tile-variant sweep of bench/probe_sweep.sh
 set -u -o pipefail
 out=${OUT:-build}
 export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -82,6 +84,20 @@ detail)
     grep -E '^  [a-z_]+.*\(|Duration|Registers Per|Achieved Occ|Theoretical Occ|Block Limit|Stall|Compute \(SM\) Thr|Memory Thr|DRAM Thr|Warp Cycles Per Issued|Issued Warp' "$out/detail-$tag-$i.txt" | head -80
   done
   ;;
+ab)
+  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu_graph/*'; do
+    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
+  done 2>&1 | tee "$out/ab-tests-$tag.log"
+  for t in ${TREES:-1,10_4096,416 1,256_256,32 2,8,16,256_256,256,32,32 1,4,16,512_1024,256,128,32 1,1024_2048,32 256_1024}; do
+    for h in ${HEADS:-16/8 64/8}; do
+      for b in gpu_base gpu; do
+        [ -d build/$b ] || continue
+        echo "== $b $t $h: $(PAT_TUNING=off timeout 30 build/$b/patgen run --tree $t --heads $h --iters 100 | grep -E '^  prefix')"
+      done
+    done
+  done 2>&1 | tee "$out/ab-trees-$tag.log"
+  timeout 200 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/ab-sweep-$tag.log"
+  ;;
 tune)
   # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
   timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
@@ -93,5 +109,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|final|tune"; exit 2 ;;
 esac

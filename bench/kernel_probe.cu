@@ -35,17 +35,23 @@
 #ifndef P_PAGE
 #define P_PAGE 32
 #endif
+#ifndef P_MINB
+#define P_MINB 1  // __launch_bounds__ min blocks per SM
+#endif
+#ifndef P_QREG
+#define P_QREG (P_D <= 128)  // Q fragments held in registers
+#endif
 
 namespace {
 struct cfg {
   typedef pat_fp16 Elem;
   static constexpr int HEAD_DIM = P_D, PAGE_SIZE = P_PAGE, GQA = P_G, TILE_M = P_M, TILE_N = P_N,
                        WARPS_M = P_M / 16, WARPS_N = P_W / (P_M / 16), STAGES = P_S;
-  static constexpr bool Q_IN_REGS = P_D <= 128;
+  static constexpr bool Q_IN_REGS = P_QREG;
 };
 }  // namespace
 typedef pat_decode<cfg> K;
-extern "C" __global__ void __launch_bounds__(K::THREADS) fwd(const pat_fwd_params p)
+extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_fwd_params p)
 {
   extern __shared__ __align__(128) unsigned char smem[];
   K::run(p, smem);
@@ -158,7 +164,7 @@ int main(int argc, char **argv)
                       (const int *)dpages, (long long)qh * D, (long long)qh * D, qh, kvh,
                       scale * 1.4426950408889634f};
   pat_merge_params mp = {dpo, dlse, dout, (const pat_merge_item *)ditems, (long long)qh * D, qh};
-  int smem = (int)(P_M * D * 2 + std::max(P_S * 2 * P_N * D * 2, P_W * 16 * (D + 2) * 4));
+  int smem = K::SMEM_BYTES;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((unsigned)packs.size(), kvh);
   auto launch = [&] {
@@ -201,7 +207,9 @@ int main(int argc, char **argv)
     }
     std::sort(ts.begin(), ts.end());
     double bytes = (double)npages * P * kvh * D * 2 * 2 + hq.size() * 4.0;
-    printf("  time median %.1f us, %.0f GB/s of unique KV+q+out\n", ts[25] * 1e3, bytes / (ts[25] * 1e-3) / 1e9);
+    double flop = 4.0 * nq * qh * (double)len * D;
+    printf("  time median %.1f us, %.0f GB/s of unique KV+q+out, %.0f TFLOP/s\n", ts[25] * 1e3,
+           bytes / (ts[25] * 1e-3) / 1e9, flop / (ts[25] * 1e-3) / 1e12);
   }
   return (rel < 5e-3 && bad == 0) ? 0 : 1;
 }

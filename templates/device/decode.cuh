@@ -35,9 +35,31 @@ struct pat_decode {
   static_assert(CHUNKS >= 8, "the swizzle needs rows of at least 8 chunks");
   static_assert(C::STAGES >= 2, "the pipeline needs two stages");
 
-  // Offset (in elements) of chunk c of row r in a [rows][D] tile. The XOR swizzle puts the
-  // 8 rows an ldmatrix reads in 8 different bank groups.
-  static __device__ __forceinline__ int swz(int r, int c) { return r * D + ((c ^ (r & 7)) << 3); }
+  static constexpr int ROW_BYTES = D * 2;          // one row of a Q, K or V tile
+  static constexpr int KV_TILE_BYTES = KV_TILE * 2;
+  static constexpr int WARPS = THREADS / 32;
+
+  // Byte offset of chunk c of row r in a [rows][D] tile. The XOR swizzle puts the 8 rows an
+  // ldmatrix reads in 8 different bank groups.
+  static __device__ __forceinline__ u32 swz(u32 r, u32 c) { return r * ROW_BYTES + ((c ^ (r & 7)) << 4); }
+
+  // ldmatrix addresses of one lane. Every ldmatrix of a warp reads rows whose low 3 bits are
+  // lane & 7, so the swizzled chunk of column slab k (chunk 2k + bit) is 8 (k / 4) +
+  // (2 (k % 4) ^ y) for a per-lane y: a row offset and y per operand, the rest of each
+  // address a compile-time constant.
+  struct operand {
+    u32 row;  // byte offset of the lane's row in the tile
+    u32 y;    // (bit ^ (row & 7)) << 4
+  };
+  static __device__ __forceinline__ operand lane_operand(u32 row, u32 bit)
+  {
+    return operand{row * ROW_BYTES, (bit ^ (row & 7)) << 4};
+  }
+  // Byte offset of column slab k (16 columns) of the lane's row.
+  static __device__ __forceinline__ u32 slab(const operand &op, int k)
+  {
+    return op.row + ((((k & 3) * 2) << 4) ^ op.y) + (k >> 2) * 128;
+  }
 
   static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
@@ -52,9 +74,10 @@ struct pat_decode {
     const int rows = pk.num_queries * C::GQA;
     const bool warp_active = warp_m * 16 < rows;  // warp-uniform: rows past the pack are padding
 
+    // Shared memory as 32-bit addresses: the page-id window, the Q tile, the K/V ring.
     int *s_pages = reinterpret_cast<int *>(smem);
-    u16 *sQ = reinterpret_cast<u16 *>(smem + PAGE_WINDOW * 4);
-    u16 *ring = sQ + C::TILE_M * D;
+    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4;
+    const u32 ring = sQ + C::TILE_M * ROW_BYTES;
     const u16 *q = static_cast<const u16 *>(p.q);
     const u16 *kc = static_cast<const u16 *>(p.k_cache);
     const u16 *vc = static_cast<const u16 *>(p.v_cache);
@@ -67,38 +90,44 @@ struct pat_decode {
     for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
 
     // Stage: Q rows of the pack (row = query x GQA + head in group) into shared memory.
-    for (int i = tid; i < C::TILE_M * CHUNKS; i += THREADS) {
-      const int r = i / CHUNKS, c = i % CHUNKS;
+    for (u32 i = tid; i < C::TILE_M * CHUNKS; i += THREADS) {
+      const u32 r = i / CHUNKS, c = i % CHUNKS;
       const u16 *src = q;
       int bytes = 0;
-      if (r < rows) {
+      if (r < (u32)rows) {
         const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
         src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
         bytes = 16;
       }
-      cp_async16(smem_u32(sQ + swz(r, c)), src, bytes);
+      cp_async16(sQ + swz(r, c), src, bytes);
     }
 
     // K and V tile `step` into ring slot `slot`; tokens past kv_len are zero-filled. Page ids
     // come from the shared-memory window (global memory past it).
+    const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
     auto load_kv = [&](int slot, int step) {
-      u16 *sK = ring + slot * 2 * KV_TILE;
-      u16 *sV = sK + KV_TILE;
-#pragma unroll 8
+      const u32 sK = ring + slot * 2 * KV_TILE_BYTES, sV = sK + KV_TILE_BYTES;
+      // Opaque to the compiler: the LOAD_ITERS addresses are recomputed in every call, not
+      // hoisted out of the main loop into registers that the 1- and 2-warp tiles lack.
+      u32 t0 = tid;
+      asm volatile("" : "+r"(t0));
+#pragma unroll
       for (int k = 0; k < LOAD_ITERS; k++) {
-        const int i = tid + k * THREADS, r = i / CHUNKS, c = i % CHUNKS;
+        const u32 i = t0 + k * THREADS, r = i / CHUNKS, c = i % CHUNKS;
         if (LOAD_ITERS * THREADS > C::TILE_N * CHUNKS && i >= C::TILE_N * CHUNKS) break;
-        const int t = step * C::TILE_N + r;
-        long long off = 0;
+        const u32 t = step * C::TILE_N + r;
+        const u32 pi = t / C::PAGE_SIZE, tip = t % C::PAGE_SIZE;
+        const u16 *src_k = kc, *src_v = vc;
         int bytes = 0;
-        if (t < kv_len) {
-          const int pi = t / C::PAGE_SIZE;
-          const long long page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
-          off = ((page * C::PAGE_SIZE + t % C::PAGE_SIZE) * p.kv_heads + kvh) * D + c * 8;
+        if (t < (u32)kv_len) {
+          const int page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
+          const long long off = page * page_elems + (int)((tip * p.kv_heads + kvh) * D + c * 8);
+          src_k = kc + off;
+          src_v = vc + off;
           bytes = 16;
         }
-        cp_async16(smem_u32(sK + swz(r, c)), kc + off, bytes);
-        cp_async16(smem_u32(sV + swz(r, c)), vc + off, bytes);
+        cp_async16(sK + swz(r, c), src_k, bytes);
+        cp_async16(sV + swz(r, c), src_v, bytes);
       }
     };
 
@@ -112,13 +141,16 @@ struct pat_decode {
       cp_async_commit();
     }
 
+    const u32 b3 = (lane >> 3) & 1, b4 = lane >> 4, x = lane & 7;
+    const operand opk = lane_operand(warp_n * SLICE_N + x + (b4 << 3), b3);
+    const operand opv = lane_operand(warp_n * SLICE_N + x + (b3 << 3), b4);
+    const operand opq = lane_operand(warp_m * 16 + (lane & 15), b4);
     float o[D / 8][4];
 #pragma unroll
     for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
     float row_max[2] = {neg_inf(), neg_inf()};  // rows lane/4 and lane/4 + 8, log2 domain
     float row_sum[2] = {0.f, 0.f};          // this thread's share; summed over the quad at the end
     u32 qf[Q_REG_STEPS][4];
-    const int q_row = warp_m * 16 + (lane & 15);
 
     for (int it = 0; it < steps; it++) {
       // Stage: wait for tile `it`; the barrier also frees the slot read in step it-1.
@@ -131,15 +163,13 @@ struct pat_decode {
       if constexpr (C::Q_IN_REGS) {
         if (it == 0) {
 #pragma unroll
-          for (int kk = 0; kk < Q_REG_STEPS; kk++)
-            ldmatrix_x4(qf[kk], smem_u32(sQ + swz(q_row, 2 * kk + (lane >> 4))));
+          for (int kk = 0; kk < Q_REG_STEPS; kk++) ldmatrix_x4(qf[kk], sQ + slab(opq, kk));
         }
       }
       if (!warp_active) continue;
 
-      const u16 *sK = ring + (it % C::STAGES) * 2 * KV_TILE;
-      const u16 *sV = sK + KV_TILE;
-      const int n0 = warp_n * SLICE_N;
+      const u32 sK = ring + (it % C::STAGES) * 2 * KV_TILE_BYTES;
+      const u32 sV = sK + KV_TILE_BYTES;
 
       // Stage: S = Q K^T for this warp's 16 rows x SLICE_N tokens (fp32 accumulators).
       float s[SLICE_N / 8][4];
@@ -152,20 +182,19 @@ struct pat_decode {
 #pragma unroll
           for (int x = 0; x < 4; x++) a[x] = qf[kk][x];
         } else {
-          ldmatrix_x4(a, smem_u32(sQ + swz(q_row, 2 * kk + (lane >> 4))));
+          ldmatrix_x4(a, sQ + slab(opq, kk));
         }
 #pragma unroll
         for (int j = 0; j < SLICE_N / 8; j += 2) {
           u32 b[4];
-          const int tok = n0 + j * 8 + (lane & 7) + ((lane >> 4) << 3);
-          ldmatrix_x4(b, smem_u32(sK + swz(tok, 2 * kk + ((lane >> 3) & 1))));
+          ldmatrix_x4(b, sK + slab(opk, kk) + j * 8 * ROW_BYTES);
           E::mma(s[j], a, b[0], b[1]);
           E::mma(s[j + 1], a, b[2], b[3]);
         }
       }
 
       // Stage: scale to the log2 domain, mask tokens past kv_len, online softmax.
-      const int tok_base = it * C::TILE_N + n0 + 2 * (lane & 3);
+      const int tok_base = it * C::TILE_N + warp_n * SLICE_N + 2 * (lane & 3);
       const bool tail = (it + 1) * C::TILE_N > kv_len;
       float mx[2] = {row_max[0], row_max[1]};
 #pragma unroll
@@ -212,11 +241,10 @@ struct pat_decode {
         a[1] = E::pack(s[2 * kc2][2], s[2 * kc2][3]);
         a[2] = E::pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
         a[3] = E::pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
-        const int tok = n0 + kc2 * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
 #pragma unroll
         for (int db = 0; db < D / 8; db += 2) {
           u32 b[4];
-          ldmatrix_x4_trans(b, smem_u32(sV + swz(tok, db + (lane >> 4))));
+          ldmatrix_x4_trans(b, sV + slab(opv, db >> 1) + kc2 * 16 * ROW_BYTES);
           E::mma(o[db], a, b[0], b[1]);
           E::mma(o[db + 1], a, b[2], b[3]);
         }
@@ -226,9 +254,9 @@ struct pat_decode {
     // Stage: epilogue. Drain the pipeline; the ring becomes per-warp fp32 partial results.
     cp_async_wait<0>();
     __syncthreads();
-    float *sO = reinterpret_cast<float *>(ring);          // [warps][16][D]
-    float *sM = sO + THREADS / 32 * 16 * D;               // [warps][16]
-    float *sL = sM + THREADS / 32 * 16;                   // [warps][16]
+    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);  // [warps][16][D]
+    float *sM = sO + WARPS * 16 * D;                      // [warps][16]
+    float *sL = sM + WARPS * 16;                          // [warps][16]
     {
       float *w = sO + warp * 16 * D;
       const int g = lane >> 2, c = 2 * (lane & 3);
@@ -251,35 +279,41 @@ struct pat_decode {
     }
     __syncthreads();
 
-    // Stage: combine the WARPS_N token slices of each row and write out 4 elements a thread.
-    for (int i = tid; i < rows * (D / 4); i += THREADS) {
-      const int r = i / (D / 4), c = (i % (D / 4)) * 4;
+    // Stage: combine the WARPS_N token slices of each row; a warp takes one row at a time
+    // (its query, weights and destination are warp-uniform), lanes along the head dimension.
+    for (int r = warp; r < rows; r += WARPS) {
       const int wm = r / 16, rr = r % 16;
       float m = neg_inf();
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * 16 + rr]);
-      float l = 0.f;
-      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+      float f[C::WARPS_N], l = 0.f;
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) {
-        const int w = wm + wn * C::WARPS_M;
-        const float f = fast_exp2(sM[w * 16 + rr] - m);
-        const float4 v = *reinterpret_cast<const float4 *>(sO + (w * 16 + rr) * D + c);
-        l += sL[w * 16 + rr] * f;
-        acc.x += v.x * f; acc.y += v.y * f; acc.z += v.z * f; acc.w += v.w * f;
+        const int w = (wm + wn * C::WARPS_M) * 16 + rr;
+        f[wn] = fast_exp2(sM[w] - m);
+        l += sL[w] * f[wn];
       }
-      const float inv = 1.f / l;
+      const float inv = fast_rcp(l);  // l >= 1: the row's largest score contributes exp2(0)
       const pat_pack_query pq = p.pack_queries[pk.query_begin + r / C::GQA];
       const int head = kvh * C::GQA + r % C::GQA;
-      if (pq.slot < 0) {
-        store4<E>(static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D + c,
-                  acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-      } else {
-        const long long at = (long long)pq.slot * p.q_heads + head;
-        *reinterpret_cast<float4 *>(p.part_o + at * D + c) =
-            make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-        if (c == 0) p.part_lse[at] = m + fast_log2(l);
+#pragma unroll
+      for (int c = lane * 4; c < D; c += 128) {
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int wn = 0; wn < C::WARPS_N; wn++) {
+          const float4 v = *reinterpret_cast<const float4 *>(sO + ((wm + wn * C::WARPS_M) * 16 + rr) * D + c);
+          acc.x += v.x * f[wn]; acc.y += v.y * f[wn]; acc.z += v.z * f[wn]; acc.w += v.w * f[wn];
+        }
+        if (pq.slot < 0) {
+          store4<E>(static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D + c,
+                    acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+        } else {
+          const long long at = (long long)pq.slot * p.q_heads + head;
+          *reinterpret_cast<float4 *>(p.part_o + at * D + c) =
+              make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+        }
       }
+      if (pq.slot >= 0 && lane == 0) p.part_lse[(long long)pq.slot * p.q_heads + head] = m + fast_log2(l);
     }
   }
 

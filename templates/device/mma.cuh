@@ -43,6 +43,13 @@ __device__ __forceinline__ float fast_exp2(float x)
   return y;
 }
 
+__device__ __forceinline__ float fast_rcp(float x)
+{
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ float fast_log2(float x)
 {
   float y;
