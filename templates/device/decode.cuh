@@ -193,18 +193,17 @@ struct pat_decode {
         }
       }
 
-      // Stage: scale to the log2 domain, mask tokens past kv_len, online softmax.
+      // Stage: online softmax. The max is taken over raw scores (scale_log2 > 0 keeps the
+      // order) and the scale folds into the exponent's FFMA; tokens past kv_len are masked.
       const int tok_base = it * C::TILE_N + warp_n * SLICE_N + 2 * (lane & 3);
       const bool tail = (it + 1) * C::TILE_N > kv_len;
-      float mx[2] = {row_max[0], row_max[1]};
+      float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
       for (int j = 0; j < SLICE_N / 8; j++) {
 #pragma unroll
         for (int x = 0; x < 4; x++) {
-          float v = s[j][x] * p.scale_log2;
-          if (tail && tok_base + j * 8 + (x & 1) >= kv_len) v = neg_inf();
-          s[j][x] = v;
-          mx[x >> 1] = fmaxf(mx[x >> 1], v);
+          if (tail && tok_base + j * 8 + (x & 1) >= kv_len) s[j][x] = neg_inf();
+          mx[x >> 1] = fmaxf(mx[x >> 1], s[j][x]);
         }
       }
       float scale[2];
@@ -212,10 +211,11 @@ struct pat_decode {
       for (int h = 0; h < 2; h++) {
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
         mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);  // log2 domain
         // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
-        const float base = mx[h] == neg_inf() ? 0.f : mx[h];
+        const float base = m_new == neg_inf() ? 0.f : m_new;
         scale[h] = fast_exp2(row_max[h] - base);
-        row_max[h] = mx[h];
+        row_max[h] = m_new;
         row_sum[h] *= scale[h];
         mx[h] = base;
       }
@@ -223,7 +223,7 @@ struct pat_decode {
       for (int j = 0; j < SLICE_N / 8; j++) {
 #pragma unroll
         for (int x = 0; x < 4; x++) {
-          s[j][x] = fast_exp2(s[j][x] - mx[x >> 1]);
+          s[j][x] = fast_exp2(fmaf(s[j][x], p.scale_log2, -mx[x >> 1]));
           row_sum[x >> 1] += s[j][x];
         }
       }
