@@ -171,27 +171,36 @@ struct pat_decode {
       const u32 sK = ring + (it % C::STAGES) * 2 * KV_TILE_BYTES;
       const u32 sV = sK + KV_TILE_BYTES;
 
-      // Stage: S = Q K^T for this warp's 16 rows x SLICE_N tokens (fp32 accumulators).
+      // Stage: S = Q K^T for this warp's 16 rows x SLICE_N tokens (fp32 accumulators). The
+      // K fragments run PREFETCH ldmatrix ahead of the mma that reads them, so the tensor
+      // cores do not wait on shared memory.
+      auto k_addr = [&](int n) { return sK + slab(opk, n / KJ) + (n % KJ) * 16 * ROW_BYTES; };
+      u32 kf[PREFETCH + 1][4];
+#pragma unroll
+      for (int n = 0; n < PREFETCH; n++) ldmatrix_x4(kf[n], k_addr(n));
       float s[SLICE_N / 8][4];
 #pragma unroll
       for (int j = 0; j < SLICE_N / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+      u32 a[4];
 #pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        u32 a[4];
+      for (int n = 0; n < D / 16 * KJ; n++) {
+        if (n + PREFETCH < D / 16 * KJ) ldmatrix_x4(kf[(n + PREFETCH) % (PREFETCH + 1)], k_addr(n + PREFETCH));
+        const int kk = n / KJ, jj = n % KJ;
         if constexpr (C::Q_IN_REGS) {
 #pragma unroll
           for (int x = 0; x < 4; x++) a[x] = qf[kk][x];
-        } else {
+        } else if (jj == 0) {
           ldmatrix_x4(a, sQ + slab(opq, kk));
         }
-#pragma unroll
-        for (int j = 0; j < SLICE_N / 8; j += 2) {
-          u32 b[4];
-          ldmatrix_x4(b, sK + slab(opk, kk) + j * 8 * ROW_BYTES);
-          E::mma(s[j], a, b[0], b[1]);
-          E::mma(s[j + 1], a, b[2], b[3]);
-        }
+        const u32 (&b)[4] = kf[n % (PREFETCH + 1)];
+        E::mma(s[2 * jj], a, b[0], b[1]);
+        E::mma(s[2 * jj + 1], a, b[2], b[3]);
       }
+      // The first V fragments load while the softmax runs.
+      auto v_addr = [&](int n) { return sV + slab(opv, n % VJ) + (n / VJ) * 16 * ROW_BYTES; };
+      u32 vf[PREFETCH + 1][4];
+#pragma unroll
+      for (int n = 0; n < PREFETCH; n++) ldmatrix_x4_trans(vf[n], v_addr(n));
 
       // Stage: online softmax. The max is taken over raw scores (scale_log2 > 0 keeps the
       // order) and the scale folds into the exponent's FFMA; tokens past kv_len are masked.
@@ -234,20 +243,22 @@ struct pat_decode {
       }
 
       // Stage: O += P V; P's accumulator layout is already the A-operand layout.
+      u32 pa[SLICE_N / 16][4];
 #pragma unroll
-      for (int kc2 = 0; kc2 < SLICE_N / 16; kc2++) {
-        u32 a[4];
-        a[0] = E::pack(s[2 * kc2][0], s[2 * kc2][1]);
-        a[1] = E::pack(s[2 * kc2][2], s[2 * kc2][3]);
-        a[2] = E::pack(s[2 * kc2 + 1][0], s[2 * kc2 + 1][1]);
-        a[3] = E::pack(s[2 * kc2 + 1][2], s[2 * kc2 + 1][3]);
+      for (int kc = 0; kc < SLICE_N / 16; kc++) {
+        pa[kc][0] = E::pack(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = E::pack(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = E::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = E::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+      }
 #pragma unroll
-        for (int db = 0; db < D / 8; db += 2) {
-          u32 b[4];
-          ldmatrix_x4_trans(b, sV + slab(opv, db >> 1) + kc2 * 16 * ROW_BYTES);
-          E::mma(o[db], a, b[0], b[1]);
-          E::mma(o[db + 1], a, b[2], b[3]);
-        }
+      for (int n = 0; n < SLICE_N / 16 * VJ; n++) {
+        if (n + PREFETCH < SLICE_N / 16 * VJ)
+          ldmatrix_x4_trans(vf[(n + PREFETCH) % (PREFETCH + 1)], v_addr(n + PREFETCH));
+        const int kc = n / VJ, dp = n % VJ;
+        const u32 (&b)[4] = vf[n % (PREFETCH + 1)];
+        E::mma(o[2 * dp], pa[kc], b[0], b[1]);
+        E::mma(o[2 * dp + 1], pa[kc], b[2], b[3]);
       }
     }
 
@@ -318,4 +329,7 @@ struct pat_decode {
   }
 
   static constexpr int Q_REG_STEPS = C::Q_IN_REGS ? D / 16 : 1;
+  static constexpr int KJ = SLICE_N / 16;  // K fragments (ldmatrix x4) per 16-column slab
+  static constexpr int VJ = D / 16;        // V fragments per 16 tokens
+  static constexpr int PREFETCH = 3;       // fragments loaded ahead of their mma
 };
