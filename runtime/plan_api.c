@@ -341,6 +341,7 @@ PAT_API size_t pat_plan_workspace_size(const pat_plan *p)
 {
   if (!p) return 0;
   size_t slots = (size_t)p->ws_slots, per = (size_t)p->q_heads;
-  return align16(slots * per * (size_t)p->ctx->spec.head_dim * sizeof(float)) +
+  /* partial outputs in the element type (fp16/bf16: 2 bytes), LSEs in fp32; forward.c */
+  return align16(slots * per * (size_t)p->ctx->spec.head_dim * 2) +
          align16(slots * per * sizeof(float));
 }

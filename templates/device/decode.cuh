@@ -4,7 +4,7 @@
 // Warps: WARPS_M along the rows (16 rows each) x WARPS_N along the tokens of a step (SLICE_N
 // tokens each). Every warp keeps its own online-softmax state; the epilogue combines the
 // WARPS_N warps of a row block through shared memory and writes either the final output or a
-// normalised partial output plus its log2-sum-exp2 for the merge kernel.
+// normalised partial output (element type) plus its log2-sum-exp2 for the merge kernel.
 #pragma once
 
 #include "pat/params.h"
@@ -320,8 +320,8 @@ struct pat_decode {
                     acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
         } else {
           const long long at = (long long)pq.slot * p.q_heads + head;
-          *reinterpret_cast<float4 *>(p.part_o + at * D + c) =
-              make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+          store4<E>(static_cast<u16 *>(p.part_o) + at * D + c, acc.x * inv, acc.y * inv, acc.z * inv,
+                    acc.w * inv);
         }
       }
       if (pq.slot >= 0 && lane == 0) p.part_lse[(long long)pq.slot * p.q_heads + head] = m + fast_log2(l);

@@ -35,7 +35,8 @@ __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
   if (item.num_splits == 0 || head >= p.q_heads) return;  // warp-uniform: padding of a fixed grid
   const int n = item.num_splits;
   const float *lse = p.part_lse + (long long)item.slot_begin * p.q_heads + head;
-  const float *po = p.part_o + ((long long)item.slot_begin * p.q_heads + head) * HEAD_DIM;
+  const u16 *po =
+      static_cast<const u16 *>(p.part_o) + ((long long)item.slot_begin * p.q_heads + head) * HEAD_DIM;
   const long long split_stride = (long long)p.q_heads * HEAD_DIM;
 
   // The largest LSE keeps exp2 in range; a head with no finite LSE subtracts 0 (no inf - inf).
@@ -63,7 +64,7 @@ __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
           const int c = lane * 4 + k * 128;
           v[u][k] = make_float4(0.f, 0.f, 0.f, 0.f);
           if (j + u < cnt && c < HEAD_DIM)
-            v[u][k] = *reinterpret_cast<const float4 *>(po + (s0 + j + u) * split_stride + c);
+            v[u][k] = load4<E>(po + (s0 + j + u) * split_stride + c);
         }
       }
 #pragma unroll

@@ -66,6 +66,13 @@ struct pat_fp16 {
     asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
   }
+  static __device__ __forceinline__ float2 unpack(u32 v)
+  {
+    float2 f;
+    asm("{ .reg .f16 l, h; mov.b32 {l, h}, %2; cvt.f32.f16 %0, l; cvt.f32.f16 %1, h; }"
+        : "=f"(f.x), "=f"(f.y) : "r"(v));
+    return f;
+  }
   static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1)
   {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
@@ -81,6 +88,10 @@ struct pat_bf16 {
     u32 r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+  }
+  static __device__ __forceinline__ float2 unpack(u32 v)
+  {
+    return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
   }
   static __device__ __forceinline__ void mma(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1)
   {
@@ -99,4 +110,13 @@ __device__ __forceinline__ void store4(void *dst, float a, float b, float c, flo
   v.x = E::pack(a, b);
   v.y = E::pack(c, d);
   *reinterpret_cast<uint2 *>(dst) = v;
+}
+
+// Four elements (8 bytes) to four floats.
+template <class E>
+__device__ __forceinline__ float4 load4(const void *src)
+{
+  const uint2 v = *reinterpret_cast<const uint2 *>(src);
+  const float2 a = E::unpack(v.x), b = E::unpack(v.y);
+  return make_float4(a.x, a.y, b.x, b.y);
 }

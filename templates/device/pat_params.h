@@ -30,7 +30,8 @@ typedef struct pat_fwd_params {
   const void *k_cache;    /* [pages][PAGE_SIZE][kv_heads][HEAD_DIM], device */
   const void *v_cache;    /* same layout as k_cache, device */
   void *out;              /* [queries][q_heads][HEAD_DIM], o_stride elements between queries, device */
-  float *part_o;          /* [slots][q_heads][HEAD_DIM] normalised partial outputs, device */
+  void *part_o;           /* [slots][q_heads][HEAD_DIM] normalised partial outputs in the element
+                          ** type (convex combinations of V rows: V's type holds them), device */
   float *part_lse;        /* [slots][q_heads] log2-sum-exp2 of the scaled scores, device */
   const pat_pack *packs;  /* this launch's packs, grid.x of them, device */
   const pat_pack_query *pack_queries;  /* device */
@@ -43,7 +44,7 @@ typedef struct pat_fwd_params {
 } pat_fwd_params;
 
 typedef struct pat_merge_params {
-  const float *part_o;    /* as in pat_fwd_params, device */
+  const void *part_o;     /* as in pat_fwd_params, device */
   const float *part_lse;  /* device */
   void *out;              /* device */
   const pat_merge_item *items;  /* grid.x of them, device */
