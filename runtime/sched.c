@@ -926,8 +926,9 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.cap = mmax / c.gqa;
   c.ctok1 = ctok(mfit(c.s, c.gqa));
   c.cpack1 = cpack(mfit(c.s, c.gqa));
-  /* merge: a partial O (fp32) written and read back per q head, against 4 x head_dim bytes
-  ** of K and V per token: 2 x 4 x D x gqa / (4 x D) = 2 x gqa tokens, plus the LSE. */
+  /* merge: a partial O written and read back per q head, against 4 x head_dim bytes of K and
+  ** V per token: 2 x 4 x D x gqa / (4 x D) = 2 x gqa tokens for fp32 partials, plus the LSE.
+  ** Partials are 2-byte now; the weight is kept (not re-measured; docs/scheduler.md). */
   c.cmerge = 2.0 * c.gqa + 1.0;
 
   size_t n = (size_t)c.n;
