@@ -141,9 +141,11 @@ struct pat_decode {
       cp_async_commit();
     }
 
-    const u32 b3 = (lane >> 3) & 1, b4 = lane >> 4, x = lane & 7;
-    const operand opk = lane_operand(warp_n * SLICE_N + x + (b4 << 3), b3);
-    const operand opv = lane_operand(warp_n * SLICE_N + x + (b3 << 3), b4);
+    // ldmatrix lanes 8i..8i+7 address matrix i: K takes rows from bit 4, chunks from bit 3;
+    // V (transposed) and Q the other way round.
+    const u32 b3 = (lane >> 3) & 1, b4 = lane >> 4, row8 = lane & 7;
+    const operand opk = lane_operand(warp_n * SLICE_N + row8 + (b4 << 3), b3);
+    const operand opv = lane_operand(warp_n * SLICE_N + row8 + (b3 << 3), b4);
     const operand opq = lane_operand(warp_m * 16 + (lane & 15), b4);
     float o[D / 8][4];
 #pragma unroll
