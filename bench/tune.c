@@ -1,5 +1,5 @@
-/* tune.c: bin/pattune, the tuning script. Sweeps the split policy and, per GQA ratio, row
-** class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
+/* tune.c: bin/pattune, the tuning script. Sweeps the split policy, the planner's tensor-core
+** weight (split.mma_rows_per_token) and, per GQA ratio, row class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
 ** of workloads on the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
 ** then applies on the same GPU (gen/tuning.h; docs in specs/README.md).
 **
@@ -36,9 +36,10 @@ static void usage(void)
   fprintf(stderr,
     "usage: pattune [--spec SPEC] [--candidates SPEC2] [--trees T1;T2...] [--iters N] [--seed S]\n"
     "               [--out FILE]\n"
-    "  sweeps split policies and tile choices for SPEC (default specs/default.yaml) with the\n"
-    "  tiles of SPEC and SPEC2 (default specs/paper.yaml) on the paper's 20 trees, and\n"
-    "  writes the tuning table (default: SPEC's name with .tune.yaml) for this GPU\n");
+    "  sweeps split policies, the planner's mma weight and tile choices for SPEC (default\n"
+    "  specs/default.yaml) with the tiles of SPEC and SPEC2 (default specs/paper.yaml) on the\n"
+    "  paper's 20 trees, and writes the tuning table (default: SPEC's name with .tune.yaml)\n"
+    "  for this GPU\n");
 }
 
 /* Heads of the paper's configurations for a GQA ratio: 32/32, 16/8, 32/8, 64/8; else 8g/8. */
@@ -235,6 +236,19 @@ int main(int argc, char **argv)
   }
   live->split = best_split;
 
+  /* 1b. The planner's tensor-core weight (rows of mma work worth one KV token read). It
+  ** changes packs and tiles, so it is settled before the tile classes are counted. */
+  static const int mma_rows[] = {32, 64, 128, 256};
+  for (size_t a = 0; a < sizeof mma_rows / sizeof *mma_rows; a++) {
+    if (mma_rows[a] == best_split.mma_rows_per_token) continue;
+    live->split = best_split;
+    live->split.mma_rows_per_token = mma_rows[a];
+    double sc = score_all(&t);
+    fprintf(stderr, "pattune: mma weight 1/%d: %.1f us\n", mma_rows[a], sc);
+    if (sc < best * 0.99) { best = sc; best_split = live->split; }
+  }
+  live->split = best_split;
+
   /* 2. Per GQA ratio, row class and token class: the tile, one class at a time (greedy, kept
   ** when >= 1% better on the trees that have packs of the class).
   ** The table is rewritten after every class, so an interrupted run keeps what it measured. */
@@ -246,7 +260,7 @@ int main(int argc, char **argv)
   time_t now = time(NULL);
   strftime(ri.date, sizeof ri.date, "%Y-%m-%d", gmtime(&now));
   char done[128];
-  if (write_table(out_path, &tab, &ri, &t, "Partial: split policy only, no tile class swept yet.")) return 1;
+  if (write_table(out_path, &tab, &ri, &t, "Partial: split policy and mma weight only, no tile class swept yet.")) return 1;
   static const int token_bound[PAT_TOKEN_CLASSES] = {64, 256, 1024, 65536};
   for (int gi = 0; gi < spec.num_gqa; gi++) {
     const int g = spec.gqa[gi];

@@ -33,6 +33,8 @@ typedef struct pat_split_policy {
   int min_kv_per_split;  /* tokens: a split is never shorter than this */
   int max_splits;        /* per query */
   int ctas_per_sm;       /* split further until the grid has this many CTAs per SM */
+  int mma_rows_per_token; /* planner cost: query rows of tensor-core work that cost as much as
+                          ** reading one KV token (docs/scheduler.md) */
 } pat_split_policy;
 
 typedef struct pat_spec {

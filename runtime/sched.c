@@ -12,7 +12,6 @@
 
 /* ---- Cost model constants, in units of "one KV token read for one kv head" (K and V rows,
 ** 4 x head_dim bytes in fp16). docs/scheduler.md explains where they come from. */
-#define COST_ALPHA  (1.0 / 128.0)  /* tensor-core work of one (padded) row x token */
 #define COST_CTA    48.0           /* fixed cost of one CTA: launch, prologue, epilogue */
 #define COST_STEP   8.0            /* one pipeline step: barriers, softmax rescale */
 #define COST_INF    1e300
@@ -109,7 +108,12 @@ static int mfit(const pat_spec *s, int rows)
   return best;
 }
 
-static double ctok(int m) { return 1.0 + COST_ALPHA * m; }
+/* Tensor-core work of one (padded) row x token, in KV-token reads: the spec's weight. */
+static double mma_weight(const pat_spec *s)
+{
+  return 1.0 / (s->split.mma_rows_per_token > 0 ? s->split.mma_rows_per_token : 128);
+}
+static double ctok(const ctx *c, int m) { return 1.0 + mma_weight(c->s) * m; }
 static double cpack(int m) { return COST_CTA + 0.5 * m; }
 
 static uint32_t hash32(uint32_t x)
@@ -547,7 +551,7 @@ static void compute_costs(ctx *c)
     if (nq >= 2 && nd->npages > 0) {
       int32_t k; int mf, mr;
       own_chunks(c, nq, &k, &mf, &mr);
-      double s = (k - 1) * ctok(mf) + ctok(mr);
+      double s = (k - 1) * ctok(c, mf) + ctok(c, mr);
       nd->own_s = s;
       nd->own_b = L * s + (k - 1) * cpack(mf) + cpack(mr) + c->cmerge * nq + below0;
     } else {
@@ -728,7 +732,7 @@ static int pick_tile(const pat_spec *s, int gi, int rows, int T)
     const pat_tile *t = &s->tiles[i];
     if (t->m < rows || t->n < 1) continue;
     double steps = (double)((T + t->n - 1) / t->n);
-    double cost = COST_ALPHA * ((double)t->m * steps * t->n - (double)rows * T) + COST_STEP * steps;
+    double cost = mma_weight(s) * ((double)t->m * steps * t->n - (double)rows * T) + COST_STEP * steps;
     if (best < 0 || cost < bc - 1e-9 || (cost < bc + 1e-9 && t->m < s->tiles[best].m)) {
       best = i;
       bc = cost;
@@ -924,7 +928,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   int mmax = 0;
   for (int i = 0; i < model_tiles(c.s); i++) mmax = c.s->tiles[i].m > mmax ? c.s->tiles[i].m : mmax;
   c.cap = mmax / c.gqa;
-  c.ctok1 = ctok(mfit(c.s, c.gqa));
+  c.ctok1 = ctok(&c, mfit(c.s, c.gqa));
   c.cpack1 = cpack(mfit(c.s, c.gqa));
   /* merge: a partial O written and read back per q head, against 4 x head_dim bytes of K and
   ** V per token: 2 x 4 x D x gqa / (4 x D) = 2 x gqa tokens for fp32 partials, plus the LSE.

@@ -50,10 +50,10 @@ static void make_spec(pat_spec *s, int tileset, int policy, int page_size)
   default: add_tile(s, 128, 64, 8); add_tile(s, 16, 16, 1); add_tile(s, 48, 32, 3); break;
   }
   switch (policy) {
-  case 0: s->split = (pat_split_policy){64, 8, 2}; break;
-  case 1: s->split = (pat_split_policy){16, 2, 1}; break;
-  case 2: s->split = (pat_split_policy){256, 16, 4}; break;
-  default: s->split = (pat_split_policy){32, 1, 2}; break;
+  case 0: s->split = (pat_split_policy){64, 8, 2, 128}; break;
+  case 1: s->split = (pat_split_policy){16, 2, 1, 128}; break;
+  case 2: s->split = (pat_split_policy){256, 16, 4, 128}; break;
+  default: s->split = (pat_split_policy){32, 1, 2, 128}; break;
   }
   s->num_archs = 1;
   s->archs[0] = 80;
@@ -585,4 +585,36 @@ Test(sched, error_tree_strings)
   cr_assert_eq(pat_tree_parse("1,x_32,16", 16, 1, &w, err, sizeof err), -1);
   cr_assert_eq(pat_tree_parse("1,2", 16, 1, &w, err, sizeof err), -1);
   cr_assert_eq(w.seq_lens, NULL);
+}
+
+/* The tile of the one-query packs of `tree` at GQA `gqa` under the default tiles, with the
+** planner's mma weight set to 1/rows_per_token: n of that tile, or -1. */
+static int leaf_tile_n(const char *tree, int gqa, int rows_per_token)
+{
+  pat_spec spec;
+  pat_spec_defaults(&spec);
+  spec.split.mma_rows_per_token = rows_per_token;
+  pat_workload w;
+  char err[256];
+  cr_assert_eq(pat_tree_parse(tree, spec.page_size, 42, &w, err, sizeof err), 0, "%s", err);
+  pat_batch b = pat_workload_batch(&w, gqa);
+  pat_sched_opts o = make_opts(&spec, 132, 8, PAT_SCHED_PREFIX);
+  pat_host_plan p;
+  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
+  check_plan(&b, &spec, &p, w.unique_tokens, tree);
+  int n = -1;
+  for (int g = 0; g < p.num_groups; g++)
+    if (p.packs[p.groups[g].pack_begin].num_queries == 1) n = spec.tiles[p.groups[g].tile].n;
+  pat_host_plan_free(&p);
+  pat_workload_free(&w);
+  return n;
+}
+
+/* The weight prices the padded rows x tokens of a tile's last step: where tensor-core work is
+** dear (8 rows per token read) a 416-token, 2-row leaf takes the 32-token tile (less padding),
+** at the default weight the 64-token tile (fewer steps). */
+Test(sched, mma_weight_changes_tile_choice)
+{
+  cr_expect_eq(leaf_tile_n("1,10_4096,416", 2, 8), 32);
+  cr_expect_eq(leaf_tile_n("1,10_4096,416", 2, 128), 64);
 }

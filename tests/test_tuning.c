@@ -15,7 +15,7 @@ static const char good[] =
     "# a comment\n"
     "spec: default\n"
     "gpu: \"NVIDIA H200\"\n"
-    "split: {min_kv_per_split: 128, max_splits: 32, ctas_per_sm: 4}\n"
+    "split: {min_kv_per_split: 128, max_splits: 32, ctas_per_sm: 4, mma_rows_per_token: 64}\n"
     "choices:\n"
     "  - {gqa: 4, rows: 16, tokens: 256, m: 16, n: 128, warps: 4, stages: 2}\n"
     "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 8, stages: 3}\n";
@@ -38,6 +38,7 @@ Test(tuning, parses_every_field)
   cr_assert_eq(t.split.min_kv_per_split, 128);
   cr_assert_eq(t.split.max_splits, 32);
   cr_assert_eq(t.split.ctas_per_sm, 4);
+  cr_assert_eq(t.split.mma_rows_per_token, 64);
   cr_assert_eq(t.num_choices, 2);
   cr_assert_eq(t.choices[0].gqa, 4);
   cr_assert_eq(t.choices[0].rows, 16);
@@ -91,6 +92,7 @@ Test(tuning, apply_sets_split_choices_and_appends_tiles)
   char err[512];
   cr_assert_eq(pat_tuning_apply(&t, &s, err, sizeof err), 0, "%s", err);
   cr_assert_eq(s.split.min_kv_per_split, 128);
+  cr_assert_eq(s.split.mma_rows_per_token, 64);
   cr_assert_eq(s.num_model_tiles, before.num_tiles, "the cost model keeps to the spec's tiles");
   cr_assert_eq(s.num_tiles, before.num_tiles + 1, "m16n128w4s2 is new, m64n64w8s3 is the spec's");
   cr_assert_eq(s.tiles[before.num_tiles].n, 128);
