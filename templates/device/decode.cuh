@@ -186,7 +186,8 @@ struct pat_decode {
       u32 a[4];
 #pragma unroll
       for (int n = 0; n < D / 16 * KJ; n++) {
-        if (n + PREFETCH < D / 16 * KJ) ldmatrix_x4(kf[(n + PREFETCH) % (PREFETCH + 1)], k_addr(n + PREFETCH));
+        if (n + PREFETCH < D / 16 * KJ)
+          ldmatrix_x4(kf[(n + PREFETCH) % (PREFETCH + 1)], k_addr(n + PREFETCH));
         const int kk = n / KJ, jj = n % KJ;
         if constexpr (C::Q_IN_REGS) {
 #pragma unroll
