@@ -23,6 +23,25 @@ $py -c 'import pytest' 2>/dev/null || export PYTHONPATH=$PWD/build/pylib
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 tag=$(echo "$gpu" | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')-$(date +%F)
 echo "GPU: $gpu   python: $py   tag: $tag"
+
+# The quick GPU suites (all but the long paper-tree sweep), failures and totals only.
+quick_tests() {
+  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu_graph/*'; do
+    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
+  done
+}
+# Old (build/gpu_base, when carried) vs new kernels: ITERS runs of each of TREES x HEADS.
+ab_trees() {
+  for t in $TREES; do
+    for h in ${HEADS:-16/8 64/8}; do
+      for b in gpu_base gpu; do
+        [ -d build/$b ] || continue
+        echo "== $b $t $h: $(PAT_TUNING=off timeout 30 build/$b/patgen run --tree $t --heads $h --iters $ITERS | grep -E '^  prefix')"
+      done
+    done
+  done
+}
+
 case "${1:-}" in
 tests)
   timeout 400 tests/gpu_run.sh gpu*
@@ -55,17 +74,10 @@ final)
   # The quick GPU suites (all but the long paper-tree sweep), old vs new kernels on small
   # trees (build/gpu_base: a bundle of the previous commit, when carried), the tuner, then
   # the benchmark with the table it wrote. Each step is time-boxed to fit one call.
-  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/t*' 'gpu_graph/*'; do
-    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
-  done 2>&1 | tee "$out/final-tests-$tag.log"
+  quick_tests 2>&1 | tee "$out/final-tests-$tag.log"
   if [ -d build/gpu_base ]; then
-    for t in 1,10_4096,416 2,8,16,256_256,256,32,32 1,4,8,256_32,256,256,32 1,1024_2048,32; do
-      for h in 16/8 64/8; do
-        for b in gpu_base gpu; do
-          echo "== $b $t $h: $(PAT_TUNING=off timeout 30 build/$b/patgen run --tree $t --heads $h --iters 200 | grep -E '^  prefix')"
-        done
-      done
-    done 2>&1 | tee "$out/final-ab-$tag.log"
+    TREES="1,10_4096,416 2,8,16,256_256,256,32,32 1,4,8,256_32,256,256,32 1,1024_2048,32" ITERS=200 \
+      ab_trees 2>&1 | tee "$out/final-ab-$tag.log"
   fi
   timeout 170 build/gpu/pattune --iters 15 2>&1 | tee "$out/final-tune-$tag.log" | grep -v "^pattune: gqa"
   cp specs/default.tune.yaml "$out/default.tune.yaml" 2>/dev/null
@@ -85,17 +97,9 @@ detail)
   done
   ;;
 ab)
-  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu_graph/*'; do
-    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
-  done 2>&1 | tee "$out/ab-tests-$tag.log"
-  for t in ${TREES:-1,10_4096,416 1,256_256,32 2,8,16,256_256,256,32,32 1,4,16,512_1024,256,128,32 1,1024_2048,32 256_1024}; do
-    for h in ${HEADS:-16/8 64/8}; do
-      for b in gpu_base gpu; do
-        [ -d build/$b ] || continue
-        echo "== $b $t $h: $(PAT_TUNING=off timeout 30 build/$b/patgen run --tree $t --heads $h --iters 100 | grep -E '^  prefix')"
-      done
-    done
-  done 2>&1 | tee "$out/ab-trees-$tag.log"
+  quick_tests 2>&1 | tee "$out/ab-tests-$tag.log"
+  TREES=${TREES:-"1,10_4096,416 1,256_256,32 2,8,16,256_256,256,32,32 1,4,16,512_1024,256,128,32 1,1024_2048,32 256_1024"} \
+    ITERS=100 ab_trees 2>&1 | tee "$out/ab-trees-$tag.log"
   timeout 200 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/ab-sweep-$tag.log"
   ;;
 tune)

@@ -140,7 +140,8 @@ int main(int argc, char **argv)
     }
   }
   void *dq, *dk, *dv, *dout, *dpk, *dpq, *dpages, *ditems;
-  float *dpo, *dlse;
+  void *dpo;  // partial outputs in the element type (2 bytes)
+  float *dlse;
   CK(cudaMalloc(&dq, hq.size() * 2));
   CK(cudaMalloc(&dk, kv_elems * 2));
   CK(cudaMalloc(&dv, kv_elems * 2));
@@ -149,7 +150,7 @@ int main(int argc, char **argv)
   CK(cudaMalloc(&dpq, pq.size() * sizeof(pat_pack_query)));
   CK(cudaMalloc(&dpages, pages.size() * 4));
   CK(cudaMalloc(&ditems, std::max<size_t>(1, items.size()) * sizeof(pat_merge_item)));
-  CK(cudaMalloc(&dpo, std::max(1, slot) * (size_t)qh * D * 4));
+  CK(cudaMalloc(&dpo, std::max(1, slot) * (size_t)qh * D * 2));
   CK(cudaMalloc(&dlse, std::max(1, slot) * (size_t)qh * 4));
   CK(cudaMemcpy(dq, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dk, hk.data(), kv_elems * 2, cudaMemcpyHostToDevice));

@@ -56,10 +56,8 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     return pat_fail(ctx, PAT_ERR_WORKSPACE, "pat_forward: workspace of %zu bytes, the plan needs %zu",
                     workspace_bytes, need);
   }
-  size_t slot_floats = (size_t)plan->ws_slots * plan->q_heads;
-  /* partial outputs in the element type (2 bytes), then the fp32 LSEs; pat_plan_workspace_size */
   void *part_o = (void *)(uintptr_t)ws;
-  float *part_lse = (float *)(uintptr_t)(ws + ((slot_floats * D * 2 + 15) & ~(size_t)15));
+  float *part_lse = (float *)(uintptr_t)(ws + pat_plan_ws_lse_offset(plan));
 
   pat_fwd_params fp = {
     .q = (const void *)(uintptr_t)t->q, .k_cache = (const void *)(uintptr_t)t->k_cache,

@@ -82,4 +82,7 @@ pat_status pat_jit_ensure(pat_context *ctx, int i);
 /* Compiles (or loads from the disk cache) every kernel not yet loaded, one thread per core. */
 pat_status pat_jit_all(pat_context *ctx);
 
+/* Byte offset of the fp32 LSEs in a plan's workspace (after the partial outputs). */
+size_t pat_plan_ws_lse_offset(const pat_plan *p);
+
 #endif

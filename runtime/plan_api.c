@@ -337,11 +337,15 @@ PAT_API pat_status pat_plan_get_info(const pat_plan *p, pat_plan_info *info)
   return PAT_OK;
 }
 
+/* The workspace: partial outputs in the element type (fp16/bf16: 2 bytes) for ws_slots x
+** q_heads, then their fp32 LSEs at this offset. */
+size_t pat_plan_ws_lse_offset(const pat_plan *p)
+{
+  return align16((size_t)p->ws_slots * (size_t)p->q_heads * (size_t)p->ctx->spec.head_dim * 2);
+}
+
 PAT_API size_t pat_plan_workspace_size(const pat_plan *p)
 {
   if (!p) return 0;
-  size_t slots = (size_t)p->ws_slots, per = (size_t)p->q_heads;
-  /* partial outputs in the element type (fp16/bf16: 2 bytes), LSEs in fp32; forward.c */
-  return align16(slots * per * (size_t)p->ctx->spec.head_dim * 2) +
-         align16(slots * per * sizeof(float));
+  return pat_plan_ws_lse_offset(p) + align16((size_t)p->ws_slots * (size_t)p->q_heads * sizeof(float));
 }
