@@ -10,6 +10,8 @@
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
 #             then the tile-variant sweep of bench/probe_sweep.sh
+#   variants  the tile-variant sweep, then patbench on the default spec and on copies of it
+#             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
 set -u -o pipefail
 out=${OUT:-build}
 export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -26,7 +28,7 @@ echo "GPU: $gpu   python: $py   tag: $tag"
 
 # The quick GPU suites (all but the long paper-tree sweep), failures and totals only.
 quick_tests() {
-  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu_graph/*'; do
+  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu/w*' 'gpu_graph/*'; do
     timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
   done
 }
@@ -102,6 +104,25 @@ ab)
     ITERS=100 ab_trees 2>&1 | tee "$out/ab-trees-$tag.log"
   timeout 200 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/ab-sweep-$tag.log"
   ;;
+variants)
+  timeout 150 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/variants-sweep-$tag.log"
+  mkdir -p build/variants
+  specs=specs/default.yaml
+  while IFS=: read -r name subs; do
+    [ -n "$name" ] || continue
+    f=build/variants/$name.yaml
+    sed "s/^name: default/name: $name/" specs/default.yaml > $f
+    IFS=';' read -ra pairs <<< "$subs"
+    for p in "${pairs[@]}"; do sed -i "s/{${p%%=*}}/{${p#*=}}/" $f; done
+    specs="$specs $f"
+  done <<< "${VARIANTS:-}"
+  for s in $specs; do
+    n=$(basename $s .yaml)
+    echo "== $n: $(grep -c warp_rows $s) tiles of 32 rows a warp"
+    timeout 150 build/gpu/patbench --spec $s --iters 30 --check 2 --out "$out/variants-$n-$tag.jsonl" \
+      2>&1 | tee "$out/variants-$n-$tag.txt" | tail -8
+  done
+  ;;
 tune)
   # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
   timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
@@ -113,5 +134,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|variants|final|tune"; exit 2 ;;
 esac

@@ -35,6 +35,9 @@
 #ifndef P_PAGE
 #define P_PAGE 32
 #endif
+#ifndef P_WM
+#define P_WM (P_M / 16)  // warps along the rows (P_M / P_WM rows each: 16 or 32)
+#endif
 #ifndef P_MINB
 #define P_MINB 1  // __launch_bounds__ min blocks per SM
 #endif
@@ -46,7 +49,7 @@ namespace {
 struct cfg {
   typedef pat_fp16 Elem;
   static constexpr int HEAD_DIM = P_D, PAGE_SIZE = P_PAGE, GQA = P_G, TILE_M = P_M, TILE_N = P_N,
-                       WARPS_M = P_M / 16, WARPS_N = P_W / (P_M / 16), STAGES = P_S;
+                       WARPS_M = P_WM, WARPS_N = P_W / P_WM, STAGES = P_S;
   static constexpr bool Q_IN_REGS = P_QREG;
 };
 }  // namespace
@@ -188,8 +191,8 @@ int main(int argc, char **argv)
     den += (double)ref[i] * ref[i];
   }
   double rel = sqrt(num / den);
-  printf("probe D=%d G=%d M=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", D, G, P_M, P_N, P_W, P_S, P, nq, len, splits,
+  printf("probe D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", D, G, P_M, P_WM, P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, rel, maxerr, bad, (rel < 5e-3 && bad == 0) ? "PASS" : "FAIL");
   if (timed) {
     cudaEvent_t e0, e1;

@@ -11,16 +11,16 @@ cp templates/device/*.cuh $inc/pat/ && cp templates/device/pat_params.h $inc/pat
 big="512 256 1 8 16;256 2048 1 8 16"
 mid="512 256 1 8 8;256 2048 1 8 8"
 leaf="256 64 1 8 1;2048 32 1 8 1"
+# P_WM: warps along the rows (default M/16, 16 rows a warp); M/P_WM = 32 is a warp_rows: 32 tile.
 variants=(
   "m128w8n64s2|-DP_M=128 -DP_W=8 -DP_N=64 -DP_S=2|$big"
-  "m128w8n64s3|-DP_M=128 -DP_W=8 -DP_N=64 -DP_S=3|$big"
-  "m128w8n32s4|-DP_M=128 -DP_W=8 -DP_N=32 -DP_S=4|$big"
-  "m64w8n64s4|-DP_M=64 -DP_W=8 -DP_N=64 -DP_S=4|$mid"
+  "m128w4n32s3r32|-DP_M=128 -DP_W=4 -DP_WM=4 -DP_N=32 -DP_S=3|$big"
+  "m128w4n32s2r32|-DP_M=128 -DP_W=4 -DP_WM=4 -DP_N=32 -DP_S=2|$big"
+  "m128w8n64s2r32|-DP_M=128 -DP_W=8 -DP_WM=4 -DP_N=64 -DP_S=2|$big"
   "m64w8n64s3|-DP_M=64 -DP_W=8 -DP_N=64 -DP_S=3|$mid"
-  "m64w4n32s3|-DP_M=64 -DP_W=4 -DP_N=32 -DP_S=3|$mid"
+  "m64w4n64s3r32|-DP_M=64 -DP_W=4 -DP_WM=2 -DP_N=64 -DP_S=3|$mid"
+  "m64w2n32s3r32|-DP_M=64 -DP_W=2 -DP_WM=2 -DP_N=32 -DP_S=3|$mid"
   "m16w2n32s2|-DP_M=16 -DP_W=2 -DP_N=32 -DP_S=2|$leaf"
-  "m16w1n16s2|-DP_M=16 -DP_W=1 -DP_N=16 -DP_S=2|$leaf"
-  "m16w4n64s3|-DP_M=16 -DP_W=4 -DP_N=64 -DP_S=3|$leaf"
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name defs _ <<< "$v"

@@ -282,8 +282,10 @@ int main(int argc, char **argv)
           if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
           live->tile_choice[gi][rc][tc] = (unsigned char)(k + 1);
           double sc = score_of(&t, gi, use);
-          fprintf(stderr, "pattune: gqa %d rows <= %3d tokens <= %5d (%d trees): m%dn%dw%ds%d %.1f us (now %.1f)\n",
-                  g, rows, token_bound[tc], nuse, tl->m, tl->n, tl->warps, tl->stages, sc, cur);
+          char label[48];
+          pat_tile_label(tl, label, sizeof label);
+          fprintf(stderr, "pattune: gqa %d rows <= %3d tokens <= %5d (%d trees): %s %.1f us (now %.1f)\n",
+                  g, rows, token_bound[tc], nuse, label, sc, cur);
           if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
         }
         live->tile_choice[gi][rc][tc] = (unsigned char)choice;

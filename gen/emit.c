@@ -74,13 +74,14 @@ char *pat_manifest_text(const pat_spec *spec, const pat_kernel_set *set)
   char *buf = malloc(cap);
   if (!buf) return NULL;
   at += (size_t)snprintf(buf + at, cap - at,
-                         "# kernel\tfile\ttile\tm\tn\twarps\tstages\tgqa\tthreads\tsmem_bytes\n");
+                         "# kernel\tfile\ttile\tm\tn\twarps\tstages\twarp_rows\tgqa\tthreads\tsmem_bytes\n");
   for (int i = 0; i < set->count; i++) {
     const pat_kernel_src *k = &set->kernels[i];
     const pat_tile *t = k->tile >= 0 ? &spec->tiles[k->tile] : NULL;
-    at += (size_t)snprintf(buf + at, cap - at, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", k->name,
-                           k->file, k->tile, t ? t->m : 0, t ? t->n : 0, t ? t->warps : 0,
-                           t ? t->stages : 0, k->gqa, k->threads, k->smem_bytes);
+    at += (size_t)snprintf(buf + at, cap - at, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n",
+                           k->name, k->file, k->tile, t ? t->m : 0, t ? t->n : 0, t ? t->warps : 0,
+                           t ? t->stages : 0, t ? pat_tile_warp_rows(t) : 0, k->gqa, k->threads,
+                           k->smem_bytes);
   }
   return buf;
 }

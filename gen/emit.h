@@ -7,8 +7,8 @@
 #include "generate.h"
 
 /* Writes <dir>/<kernel>.cu for each kernel, only where the content changed, plus
-** <dir>/manifest.tsv (kernel, file, tile, m, n, warps, stages, gqa, threads, smem_bytes),
-** and removes other *.cu files left in dir. Creates dir (and parents). Returns 0, or -1 with
+** <dir>/manifest.tsv (kernel, file, tile, m, n, warps, stages, warp_rows, gqa, threads,
+** smem_bytes), and removes other *.cu files left in dir. Creates dir (and parents). Returns 0, or -1 with
 ** a message naming the path. *written counts files whose content changed. */
 int pat_emit_dir(const pat_spec *spec, const pat_kernel_set *set, const char *dir, int *written,
                  char *err, size_t errlen);

@@ -26,8 +26,9 @@ static void canonical_spec(const pat_spec *s, char *buf, size_t n)
   for (int i = 0; i < s->num_gqa && at < n; i++)
     at += (size_t)snprintf(buf + at, n - at, "%d,", s->gqa[i]);
   for (int i = 0; i < s->num_tiles && at < n; i++)
-    at += (size_t)snprintf(buf + at, n - at, " tile=%d/%d/%d/%d", s->tiles[i].m, s->tiles[i].n,
-                           s->tiles[i].warps, s->tiles[i].stages);
+    at += (size_t)snprintf(buf + at, n - at, " tile=%d/%d/%d/%d%s", s->tiles[i].m, s->tiles[i].n,
+                           s->tiles[i].warps, s->tiles[i].stages,
+                           pat_tile_warp_rows(&s->tiles[i]) == 32 ? "/r32" : "");
 }
 
 /* Hash of the spec, the templates and device headers, and the version: line 2 of each file. */
@@ -76,11 +77,12 @@ static void push_spec(lua_State *L, const pat_spec *s)
   lua_setfield(L, -2, "gqa");
   lua_createtable(L, s->num_tiles, 0);
   for (int i = 0; i < s->num_tiles; i++) {
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     set_int(L, "m", s->tiles[i].m);
     set_int(L, "n", s->tiles[i].n);
     set_int(L, "warps", s->tiles[i].warps);
     set_int(L, "stages", s->tiles[i].stages);
+    set_int(L, "warp_rows", pat_tile_warp_rows(&s->tiles[i]));
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "tiles");

@@ -10,6 +10,7 @@
 #include "patgen_cmds.h"
 #include "sched.h"
 #include "spec.h"
+#include "tile.h"
 #include "tree.h"
 #include "tuning.h"
 
@@ -184,8 +185,9 @@ int patgen_cmd_plan(int argc, char **argv)
         tokens += p.packs[p.groups[g].pack_begin + i].kv_len;
         queries += p.packs[p.groups[g].pack_begin + i].num_queries;
       }
-      printf("  tile m%d n%d w%d s%d: %6d packs, %8.1f queries/pack, %8.1f tokens/pack\n", t->m,
-             t->n, t->warps, t->stages, p.groups[g].num_packs,
+      char label[48];
+      pat_tile_label(t, label, sizeof label);
+      printf("  tile %s: %6d packs, %8.1f queries/pack, %8.1f tokens/pack\n", label, p.groups[g].num_packs,
              (double)queries / p.groups[g].num_packs, (double)tokens / p.groups[g].num_packs);
     }
     pat_host_plan_free(&p);

@@ -38,11 +38,12 @@ typedef struct parse_ctx {
 
 static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
                                        "gqa", "tiles", "split", "archs"};
-static const char *const tile_keys[] = {"m", "n", "warps", "stages"};
+static const char *const tile_keys[] = {"m", "n", "warps", "stages", "warp_rows"};
 static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm",
                                          "mma_rows_per_token"};
 static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
-static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages"};
+static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages",
+                                          "warp_rows"};
 #define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static const int valid_archs[] = {80, 86, 89, 90};
@@ -380,7 +381,7 @@ static int parse_gqa(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
   return 0;
 }
 
-/* One tile mapping; warps defaults to m/16 and stages to 2. */
+/* One tile mapping; warp_rows defaults to 16, warps to m/warp_rows and stages to 2. */
 static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_tile *t)
 {
   char where[32];
@@ -388,11 +389,11 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
   if (n->type != YAML_MAPPING_NODE) {
     char got[DESC_SIZE];
     describe(n, got, sizeof got);
-    return fail_node(c, n, "tiles[%d]: expected a mapping with keys m, n, warps, stages, got %s",
-                     index, got);
+    return fail_node(c, n, "tiles[%d]: expected a mapping with keys m, n, warps, stages, warp_rows, "
+                     "got %s", index, got);
   }
-  int have[4] = {0, 0, 0, 0};
-  int *fields[4] = {&t->m, &t->n, &t->warps, &t->stages};
+  int have[5] = {0, 0, 0, 0, 0};
+  int *fields[5] = {&t->m, &t->n, &t->warps, &t->stages, &t->warp_rows};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, tile_keys, NKEYS(tile_keys), &which))
@@ -406,8 +407,10 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
   for (int i = 0; i < 2; i++)
     if (!have[i])
       return fail_node(c, n, "tiles[%d]: missing required key '%s'", index, tile_keys[i]);
+  if (!have[4])
+    t->warp_rows = 16;
   if (!have[2])
-    t->warps = t->m / 16;
+    t->warps = t->warp_rows > 0 ? t->m / t->warp_rows : 0;  /* 0: pat_tile_check explains */
   if (!have[3])
     t->stages = 2;
   t->mark = mark_of(n);
@@ -516,10 +519,10 @@ static int check_tiles(const parse_ctx *c, const pat_spec *s, const yaml_node_t 
       return fail_at(c, line, column, "tiles[%d]%s: %s%s", i, tag, msg, note);
     for (int j = 0; j < i; j++) {
       const pat_tile *u = &s->tiles[j];
-      if (u->m == t->m && u->n == t->n && u->warps == t->warps && u->stages == t->stages)
+      if (pat_tile_same(u, t))
         return fail_at(c, line, column,
-                       "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d)", i, j,
-                       t->m, t->n, t->warps, t->stages);
+                       "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d warp_rows=%d)",
+                       i, j, t->m, t->n, t->warps, t->stages, pat_tile_warp_rows(t));
     }
   }
   return 0;
@@ -736,9 +739,11 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
   char where[32];
   snprintf(where, sizeof where, "choices[%d]: ", index);
   if (n->type != YAML_MAPPING_NODE)
-    return fail_type(c, n, "choices[]", "a mapping with keys gqa, rows, tokens, m, n, warps, stages");
-  int have[7] = {0};
-  int *fields[7] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps, &ch->tile.stages};
+    return fail_type(c, n, "choices[]",
+                     "a mapping with keys gqa, rows, tokens, m, n, warps, stages (and warp_rows)");
+  int have[8] = {0};
+  int *fields[8] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps,
+                    &ch->tile.stages, &ch->tile.warp_rows};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, choice_keys, NKEYS(choice_keys), &which))
@@ -749,9 +754,11 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
       return -1;
     have[which] = 1;
   }
-  for (int i = 0; i < 7; i++)
+  for (int i = 0; i < 7; i++)  /* all but warp_rows, which defaults to 16 */
     if (!have[i])
       return fail_node(c, n, "choices[%d]: missing required key '%s'", index, choice_keys[i]);
+  if (!have[7])
+    ch->tile.warp_rows = 16;
   if (ch->rows != 16 && ch->rows != 32 && ch->rows != 64 && ch->rows != 128 && ch->rows != 256)
     return fail_node(c, n, "choices[%d]: rows must be 16, 32, 64, 128 or 256, got %d", index, ch->rows);
   if (ch->tokens != 64 && ch->tokens != 256 && ch->tokens != 1024 && ch->tokens != 65536)

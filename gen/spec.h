@@ -24,8 +24,10 @@ typedef struct pat_mark {
 typedef struct pat_tile {
   int m;          /* query rows per CTA (pack queries x GQA ratio), multiple of 16 */
   int n;          /* KV tokens per pipeline step */
-  int warps;      /* warps per CTA: M/16 along the rows times a split of N along the tokens */
+  int warps;      /* warps per CTA: M/warp_rows along the rows times a split of N along the tokens */
   int stages;     /* cp.async pipeline depth (K and V tiles in flight), >= 2 */
+  int warp_rows;  /* query rows per warp: 16, or 32 (each K/V fragment feeds two mma row
+                  ** blocks); 0 means 16 */
   pat_mark mark;  /* where the tile's mapping starts */
 } pat_tile;
 

@@ -3,8 +3,9 @@
 
 #include <stdio.h>
 
-int pat_tile_warps_m(const pat_tile *t) { return t->m / 16; }
-int pat_tile_warps_n(const pat_tile *t) { return t->warps / (t->m / 16); }
+int pat_tile_warp_rows(const pat_tile *t) { return t->warp_rows ? t->warp_rows : 16; }
+int pat_tile_warps_m(const pat_tile *t) { return t->m / pat_tile_warp_rows(t); }
+int pat_tile_warps_n(const pat_tile *t) { return t->warps / pat_tile_warps_m(t); }
 int pat_tile_threads(const pat_tile *t) { return 32 * t->warps; }
 
 static int dtype_bytes(pat_dtype d) { (void)d; return 2; }
@@ -17,14 +18,15 @@ enum { PAGE_WINDOW_BYTES = 256 * 4 };  /* decode.cuh's PAGE_WINDOW page ids */
 **   Q tile      M x HEAD_DIM elements, loaded once;
 **   K, V ring   STAGES x 2 x N x HEAD_DIM elements, the cp.async pipeline;
 ** and, reusing the ring once the KV loop is over, the epilogue that combines the warps that
-** split N: per warp 16 x HEAD_DIM fp32 partial outputs plus 16 x 2 fp32 (row max, row sum).
+** split N: per warp (warp rows) x HEAD_DIM fp32 partial outputs plus 2 fp32 a row (row max,
+** row sum).
 */
 int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t)
 {
   int e = dtype_bytes(s->dtype);
   int q = t->m * s->head_dim * e;
   int ring = t->stages * 2 * t->n * s->head_dim * e;
-  int epilogue = t->warps * 16 * (s->head_dim + 2) * 4;
+  int epilogue = t->warps * pat_tile_warp_rows(t) * (s->head_dim + 2) * 4;
   return PAGE_WINDOW_BYTES + q + (ring > epilogue ? ring : epilogue);
 }
 
@@ -44,13 +46,27 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
     snprintf(err, errlen, "m: must be 16, 32, 48, ... 128 (a multiple of the 16-row mma), got %d", t->m);
     return -1;
   }
+  int wr = pat_tile_warp_rows(t);
+  if (wr != 16 && wr != 32) {
+    snprintf(err, errlen, "warp_rows: must be 16 or 32, got %d", t->warp_rows);
+    return -1;
+  }
+  if (t->m % wr) {
+    snprintf(err, errlen, "warp_rows: m=%d is not a multiple of %d rows a warp", t->m, wr);
+    return -1;
+  }
+  if (wr == 32 && s->head_dim > 128) {  /* two row blocks of outputs: 2 x head_dim / 4 registers */
+    snprintf(err, errlen, "warp_rows: 32 rows a warp need head_dim <= 128 (registers), got %d",
+             s->head_dim);
+    return -1;
+  }
   if (t->warps < 1 || t->warps > 16) {
     snprintf(err, errlen, "warps: must be 1..16, got %d", t->warps);
     return -1;
   }
-  if (t->warps % (t->m / 16)) {
-    snprintf(err, errlen, "warps: %d warps cannot cover m=%d rows (need a multiple of m/16 = %d)",
-             t->warps, t->m, t->m / 16);
+  if (t->warps % (t->m / wr)) {
+    snprintf(err, errlen, "warps: %d warps cannot cover m=%d rows (need a multiple of m/%d = %d)",
+             t->warps, t->m, wr, t->m / wr);
     return -1;
   }
   if (t->n < 16 || t->n > 256 || t->n % 16) {
@@ -85,10 +101,17 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
   return 0;
 }
 
+int pat_tile_label(const pat_tile *t, char *buf, size_t n)
+{
+  return snprintf(buf, n, "m%dn%dw%ds%d%s", t->m, t->n, t->warps, t->stages,
+                  pat_tile_warp_rows(t) == 32 ? "r32" : "");
+}
+
 int pat_tile_kernel_name(const pat_spec *s, const pat_tile *t, int gqa, char *buf, size_t n)
 {
-  return snprintf(buf, n, "pat_fwd_%s_m%dn%dw%ds%d_g%d", s->name, t->m, t->n, t->warps,
-                  t->stages, gqa);
+  char label[48];
+  pat_tile_label(t, label, sizeof label);
+  return snprintf(buf, n, "pat_fwd_%s_%s_g%d", s->name, label, gqa);
 }
 
 int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n)
@@ -98,5 +121,6 @@ int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n)
 
 int pat_tile_same(const pat_tile *a, const pat_tile *b)
 {
-  return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages;
+  return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages &&
+         pat_tile_warp_rows(a) == pat_tile_warp_rows(b);
 }

@@ -5,7 +5,9 @@
 
 #include "spec.h"
 
-/* Warps along the query rows (M/16) and along the KV tokens of a step (warps / (M/16)). */
+/* Query rows per warp (16 or 32; a zero field means 16). */
+int pat_tile_warp_rows(const pat_tile *t);
+/* Warps along the query rows (M / warp rows) and along the KV tokens of a step (the rest). */
 int pat_tile_warps_m(const pat_tile *t);
 int pat_tile_warps_n(const pat_tile *t);
 int pat_tile_threads(const pat_tile *t);
@@ -21,10 +23,14 @@ int pat_arch_smem_limit(int arch);
 ** message (no file position) in err. */
 int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen);
 
-/* Whether two tiles have the same shape (m, n, warps, stages). */
+/* Whether two tiles have the same shape (m, n, warps, stages, warp rows). */
 int pat_tile_same(const pat_tile *a, const pat_tile *b);
 
-/* Kernel name: pat_fwd_<spec>_m<M>n<N>w<W>s<S>_g<G>. Returns snprintf's result. */
+/* The tile's short label, m<M>n<N>w<W>s<S>[r32] (r32: 32 rows a warp). Returns snprintf's
+** result. */
+int pat_tile_label(const pat_tile *t, char *buf, size_t n);
+
+/* Kernel name: pat_fwd_<spec>_<label>_g<G>. Returns snprintf's result. */
 int pat_tile_kernel_name(const pat_spec *s, const pat_tile *t, int gqa, char *buf, size_t n);
 int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n);
 

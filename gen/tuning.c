@@ -82,8 +82,9 @@ int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)
   fprintf(f, "choices:%s\n", t->num_choices ? "" : " []");
   for (int i = 0; i < t->num_choices; i++) {
     const pat_tuning_choice *c = &t->choices[i];
-    fprintf(f, "  - {gqa: %d, rows: %d, tokens: %d, m: %d, n: %d, warps: %d, stages: %d}\n", c->gqa, c->rows,
+    fprintf(f, "  - {gqa: %d, rows: %d, tokens: %d, m: %d, n: %d, warps: %d, stages: %d", c->gqa, c->rows,
             c->tokens, c->tile.m, c->tile.n, c->tile.warps, c->tile.stages);
+    fprintf(f, pat_tile_warp_rows(&c->tile) == 16 ? "}\n" : ", warp_rows: %d}\n", pat_tile_warp_rows(&c->tile));
   }
   return ferror(f) ? -1 : 0;
 }

@@ -5,14 +5,16 @@ local check = prelude.check
 
 return function(ctx)
   local spec, tile, gqa = ctx.spec, ctx.tile, ctx.gqa
-  check(tile.m % 16 == 0, "tile.m", "must be a multiple of 16")
-  check(tile.warps % (tile.m // 16) == 0, "tile.warps", "must cover m/16 row blocks")
+  local warp_rows = tile.warp_rows or 16
+  check(warp_rows == 16 or warp_rows == 32, "tile.warp_rows", "must be 16 or 32")
+  check(tile.m % warp_rows == 0, "tile.m", "must be a multiple of warp_rows")
+  check(tile.warps % (tile.m // warp_rows) == 0, "tile.warps", "must cover m/warp_rows row blocks")
   check(gqa <= tile.m, "gqa", "must not exceed tile.m")
-  local warps_m = tile.m // 16
+  local warps_m = tile.m // warp_rows
   local env = {
     name = ctx.kernel, elem = prelude.elem_type[spec.dtype], dtype = spec.dtype,
     head_dim = spec.head_dim, page_size = spec.page_size, gqa = gqa,
-    m = tile.m, n = tile.n, warps = tile.warps, warps_m = warps_m,
+    m = tile.m, n = tile.n, warps = tile.warps, warps_m = warps_m, warp_rows = warp_rows,
     warps_n = tile.warps // warps_m, stages = tile.stages, threads = 32 * tile.warps,
     smem = ctx.smem_bytes, q_in_regs = spec.head_dim <= 128 and "true" or "false",
     queries = tile.m // gqa,
@@ -33,7 +35,7 @@ struct config {
   static constexpr int GQA = ${gqa};  // q heads per kv head
   static constexpr int TILE_M = ${m};  // query rows per CTA: queries x GQA
   static constexpr int TILE_N = ${n};  // KV tokens per pipeline step
-  static constexpr int WARPS_M = ${warps_m};  // warps along the rows, 16 rows each
+  static constexpr int WARPS_M = ${warps_m};  // warps along the rows, ${warp_rows} rows each
   static constexpr int WARPS_N = ${warps_n};  // warps along the tokens of a step
   static constexpr int STAGES = ${stages};  // K/V tiles in the cp.async ring
   static constexpr bool Q_IN_REGS = ${q_in_regs};  // Q fragments held in registers

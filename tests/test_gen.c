@@ -208,7 +208,7 @@ Test(patgen, plan_previews_a_tuning_table)
   cr_assert_eq(sh("bin/patgen plan 1,8,512_32,512,256 --tuning build/test_preview.tune.yaml", out, sizeof out), 0,
                "%s", out);
   cr_expect(strstr(out, "measured on Example GPU): 1 tile choices"), "%s", out);
-  cr_expect(strstr(out, "tile m16 n16 w1 s2:    512 packs"), "the 256-token leaves take the table's tile:\n%s", out);
+  cr_expect(strstr(out, "tile m16n16w1s2:    512 packs"), "the 256-token leaves take the table's tile:\n%s", out);
   cr_assert_eq(sh("bin/patgen plan 1,8,512_32,512,256", out, sizeof out), 0, "%s", out);
   cr_expect(!strstr(out, "m16 n16"), "without the table the cost model keeps the spec's tiles:\n%s", out);
   cr_expect_eq(sh("bin/patgen plan 1,8,512_32,512,256 --tuning build/no_such.tune.yaml", out, sizeof out), 1);

@@ -116,7 +116,8 @@ static const int ALL_GQA[] = {1, 2, 4, 5, 7, 8, 16};
     random_trees(p, PG, ALL_GQA, 7, TOL, 2);                                                \
   }
 
-#define TILES_64_128 "[{m: 16, n: 64, warps: 4, stages: 3}, {m: 64, n: 64, warps: 4, stages: 2}]"
+#define TILES_64_128 "[{m: 16, n: 64, warps: 4, stages: 3}, {m: 64, n: 64, warps: 4, stages: 2}, " \
+                     "{m: 128, n: 32, warps: 4, stages: 3, warp_rows: 32}]"
 #define TILES_256 "[{m: 16, n: 64, warps: 4, stages: 2}, {m: 64, n: 32, warps: 4, stages: 2}]"
 
 DTYPE_CASE(fp16_d64_p16, "fp16", 64, 16, TILES_64_128, TOL_FP16)
@@ -145,6 +146,24 @@ Test(gpu, paper_tiles_each, .timeout = 900)
       snprintf(tiles, sizeof tiles, "[{m: %d, n: %d, warps: %d, stages: 2}]", ms[i], ns[j], ms[i] / 16);
       random_trees(write_spec(name, "fp16", 128, 32, "[1, 2, 4, 8]", tiles), 32, gq, 4, TOL_FP16, 1);
     }
+  }
+}
+
+/* Tiles of 32 rows a warp alone (2 x 2, 2 x 1, 4 x 1 and 4 x 2 warps), GQA 1, 2, 4, 8. */
+Test(gpu, warp_rows_32_each, .timeout = 900)
+{
+  skip_without_gpu();
+  static const char *const tiles[] = {
+    "[{m: 64, n: 64, warps: 4, stages: 3, warp_rows: 32}]",
+    "[{m: 64, n: 32, warps: 2, stages: 2, warp_rows: 32}]",
+    "[{m: 128, n: 32, warps: 4, stages: 3, warp_rows: 32}]",
+    "[{m: 128, n: 64, warps: 8, stages: 2, warp_rows: 32}]",
+  };
+  static const int gq[] = {1, 2, 4, 8};
+  for (int i = 0; i < 4; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "warp_rows_32_%d", i);
+    random_trees(write_spec(name, "fp16", 128, 32, "[1, 2, 4, 8]", tiles[i]), 32, gq, 4, TOL_FP16, 1);
   }
 }
 

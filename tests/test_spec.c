@@ -106,6 +106,7 @@ Test(spec, every_field_read)
       "    n: 16\n"
       "    warps: 3\n"
       "    stages: 2\n"
+      "  - {m: 64, n: 64, warps: 4, stages: 2, warp_rows: 32}\n"
       "split:\n"
       "  min_kv_per_split: 16\n"
       "  max_splits: 1024\n"
@@ -124,11 +125,22 @@ Test(spec, every_field_read)
   cr_expect_eq(s.page_size, 128);
   cr_assert_eq(s.num_gqa, 3);
   cr_expect(s.gqa[0] == 1 && s.gqa[1] == 3 && s.gqa[2] == 16);
-  cr_assert_eq(s.num_tiles, 2);
+  cr_assert_eq(s.num_tiles, 3);
   cr_expect(s.tiles[0].m == 16 && s.tiles[0].n == 32 && s.tiles[0].warps == 2 &&
-            s.tiles[0].stages == 4);
+            s.tiles[0].stages == 4 && s.tiles[0].warp_rows == 16);
   cr_expect(s.tiles[1].m == 48 && s.tiles[1].n == 16 && s.tiles[1].warps == 3 &&
             s.tiles[1].stages == 2);
+  cr_expect(s.tiles[2].m == 64 && s.tiles[2].warps == 4 && s.tiles[2].warp_rows == 32);
+  /* 32 rows a warp: 2 warps along the rows, 2 along the tokens; the name says r32 */
+  cr_expect_eq(pat_tile_warps_m(&s.tiles[2]), 2);
+  cr_expect_eq(pat_tile_warps_n(&s.tiles[2]), 2);
+  char name[128];
+  pat_tile_kernel_name(&s, &s.tiles[2], 3, name, sizeof name);
+  cr_expect_str_eq(name, "pat_fwd_every_field_9_m64n64w4s2r32_g3");
+  pat_tile_kernel_name(&s, &s.tiles[0], 3, name, sizeof name);
+  cr_expect_str_eq(name, "pat_fwd_every_field_9_m16n32w2s4_g3");
+  /* the epilogue holds 32 fp32 rows (+ max and sum) per warp: 4 x 32 x 66 x 4 bytes */
+  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[2]), 1024 + 64 * 64 * 2 + 4 * 32 * 66 * 4);
   cr_expect_eq(s.split.min_kv_per_split, 16);
   cr_expect_eq(s.split.max_splits, 1024);
   cr_expect_eq(s.split.ctas_per_sm, 64);
@@ -145,8 +157,8 @@ Test(spec, every_field_read)
   cr_expect(s.tiles_mark.line == 7 && s.tiles_mark.column == 3);
   cr_expect(s.tiles[0].mark.line == 7 && s.tiles[0].mark.column == 5);
   cr_expect(s.tiles[1].mark.line == 8 && s.tiles[1].mark.column == 5);
-  cr_expect(s.split_mark.line == 13 && s.split_mark.column == 3);
-  cr_expect(s.archs_mark.line == 17 && s.archs_mark.column == 8);
+  cr_expect(s.split_mark.line == 14 && s.split_mark.column == 3);
+  cr_expect(s.archs_mark.line == 18 && s.archs_mark.column == 8);
 }
 
 Test(spec, absent_keys_take_defaults)

@@ -18,7 +18,8 @@ static const char good[] =
     "split: {min_kv_per_split: 128, max_splits: 32, ctas_per_sm: 4, mma_rows_per_token: 64}\n"
     "choices:\n"
     "  - {gqa: 4, rows: 16, tokens: 256, m: 16, n: 128, warps: 4, stages: 2}\n"
-    "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 8, stages: 3}\n";
+    "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 8, stages: 3}\n"
+    "  - {gqa: 8, rows: 128, tokens: 1024, m: 128, n: 32, warps: 4, stages: 3, warp_rows: 32}\n";
 
 static pat_tuning parse_ok(const char *text)
 {
@@ -39,7 +40,7 @@ Test(tuning, parses_every_field)
   cr_assert_eq(t.split.max_splits, 32);
   cr_assert_eq(t.split.ctas_per_sm, 4);
   cr_assert_eq(t.split.mma_rows_per_token, 64);
-  cr_assert_eq(t.num_choices, 2);
+  cr_assert_eq(t.num_choices, 3);
   cr_assert_eq(t.choices[0].gqa, 4);
   cr_assert_eq(t.choices[0].rows, 16);
   cr_assert_eq(t.choices[0].tokens, 256);
@@ -48,6 +49,8 @@ Test(tuning, parses_every_field)
   cr_assert_eq(t.choices[1].tile.m, 64);
   cr_assert_eq(t.choices[1].tile.stages, 3);
   cr_assert_eq(t.choices[1].tile.mark.line, 7);
+  cr_assert_eq(t.choices[1].tile.warp_rows, 16);  /* the default */
+  cr_assert_eq(t.choices[2].tile.warp_rows, 32);
 }
 
 Test(tuning, bad_tables_name_the_place)
@@ -94,15 +97,18 @@ Test(tuning, apply_sets_split_choices_and_appends_tiles)
   cr_assert_eq(s.split.min_kv_per_split, 128);
   cr_assert_eq(s.split.mma_rows_per_token, 64);
   cr_assert_eq(s.num_model_tiles, before.num_tiles, "the cost model keeps to the spec's tiles");
-  cr_assert_eq(s.num_tiles, before.num_tiles + 1, "m16n128w4s2 is new, m64n64w8s3 is the spec's");
+  cr_assert_eq(s.num_tiles, before.num_tiles + 2,
+               "m16n128w4s2 and m128n32w4s3r32 are new, m64n64w8s3 is the spec's");
   cr_assert_eq(s.tiles[before.num_tiles].n, 128);
+  cr_assert_eq(s.tiles[before.num_tiles + 1].warp_rows, 32);
+  cr_assert_eq(s.tile_choice[3][3][2], before.num_tiles + 2, "gqa 8, rows <= 128, tokens <= 1024: the r32 tile");
   cr_assert_eq(s.tile_choice[2][0][1], before.num_tiles + 1, "gqa 4 (index 2), rows <= 16, tokens <= 256: the new tile");
   cr_assert_eq(s.tile_choice[3][2][3], 3 + 1, "gqa 8 (index 3), rows <= 64, longest tokens: the spec's tiles[3]");
   int set = 0;
   for (int g = 0; g < PAT_MAX_GQA; g++)
     for (int r = 0; r < PAT_ROW_CLASSES; r++)
       for (int k = 0; k < PAT_TOKEN_CLASSES; k++) set += s.tile_choice[g][r][k] != 0;
-  cr_assert_eq(set, 2);
+  cr_assert_eq(set, 3);
 }
 
 Test(tuning, apply_refuses_mismatches_and_leaves_the_spec)
@@ -174,7 +180,10 @@ Test(tuning, write_then_read_gives_the_same_table)
     cr_assert_eq(back.choices[i].tile.n, t.choices[i].tile.n);
     cr_assert_eq(back.choices[i].tile.warps, t.choices[i].tile.warps);
     cr_assert_eq(back.choices[i].tile.stages, t.choices[i].tile.stages);
+    cr_assert_eq(back.choices[i].tile.warp_rows, t.choices[i].tile.warp_rows);
   }
+  cr_assert(strstr(buf, "stages: 3, warp_rows: 32}\n"), "%s", buf);
+  cr_assert(strstr(buf, "warps: 8, stages: 3}\n"), "16 rows a warp is not written: %s", buf);
   free(buf);
 }
 

@@ -1,8 +1,9 @@
 // decode.cuh: the forward kernel body. One CTA runs one (pack, kv head): the pack's query rows
 // (queries x GQA heads) against its run of KV pages, streamed through shared memory.
 //
-// Warps: WARPS_M along the rows (16 rows each) x WARPS_N along the tokens of a step (SLICE_N
-// tokens each). Every warp keeps its own online-softmax state; the epilogue combines the
+// Warps: WARPS_M along the rows (WARP_ROWS = 16 or 32 rows each) x WARPS_N along the tokens
+// of a step (SLICE_N tokens each). A warp with 32 rows reuses each K and V fragment it reads
+// from shared memory for two mma row blocks, halving the ldmatrix traffic per mma. Every warp keeps its own online-softmax state; the epilogue combines the
 // WARPS_N warps of a row block through shared memory and writes either the final output or a
 // normalised partial output (element type) plus its log2-sum-exp2 for the merge kernel.
 #pragma once
@@ -26,11 +27,14 @@ struct pat_decode {
   // epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c computes the
   // same number.
   static constexpr int RING_BYTES = C::STAGES * 2 * KV_TILE * 2;
-  static constexpr int EPILOGUE_BYTES = THREADS / 32 * 16 * (D + 2) * 4;
+  static constexpr int WARP_ROWS = C::TILE_M / C::WARPS_M;  // 16 or 32
+  static constexpr int MB = WARP_ROWS / 16;                  // mma row blocks per warp
+  static constexpr int EPILOGUE_BYTES = THREADS / 32 * WARP_ROWS * (D + 2) * 4;
   static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + C::TILE_M * D * 2 +
       (RING_BYTES > EPILOGUE_BYTES ? RING_BYTES : EPILOGUE_BYTES);
 
-  static_assert(C::TILE_M == 16 * C::WARPS_M, "one warp per 16 rows");
+  static_assert(C::TILE_M == WARP_ROWS * C::WARPS_M && (MB == 1 || MB == 2),
+                "a warp takes 16 or 32 rows");
   static_assert(SLICE_N % 16 == 0, "a warp's token slice is a multiple of 16");
   static_assert(CHUNKS >= 8, "the swizzle needs rows of at least 8 chunks");
   static_assert(C::STAGES >= 2, "the pipeline needs two stages");
@@ -72,7 +76,7 @@ struct pat_decode {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int warp_m = warp % C::WARPS_M, warp_n = warp / C::WARPS_M;
     const int rows = pk.num_queries * C::GQA;
-    const bool warp_active = warp_m * 16 < rows;  // warp-uniform: rows past the pack are padding
+    const bool warp_active = warp_m * WARP_ROWS < rows;  // warp-uniform: rows past the pack are padding
 
     // Shared memory as 32-bit addresses: the page-id window, the Q tile, the K/V ring.
     int *s_pages = reinterpret_cast<int *>(smem);
@@ -146,12 +150,16 @@ struct pat_decode {
     const u32 b3 = (lane >> 3) & 1, b4 = lane >> 4, row8 = lane & 7;
     const operand opk = lane_operand(warp_n * SLICE_N + row8 + (b4 << 3), b3);
     const operand opv = lane_operand(warp_n * SLICE_N + row8 + (b3 << 3), b4);
-    const operand opq = lane_operand(warp_m * 16 + (lane & 15), b4);
-    float o[D / 8][4];
+    const operand opq = lane_operand(warp_m * WARP_ROWS + (lane & 15), b4);  // row block 0
+    float o[MB][D / 8][4];
+    float row_max[MB][2], row_sum[MB][2];  // rows lane/4 and lane/4 + 8 of each row block
 #pragma unroll
-    for (int j = 0; j < D / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-    float row_max[2] = {neg_inf(), neg_inf()};  // rows lane/4 and lane/4 + 8, log2 domain
-    float row_sum[2] = {0.f, 0.f};          // this thread's share; summed over the quad at the end
+    for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+      for (int j = 0; j < D / 8; j++) o[mb][j][0] = o[mb][j][1] = o[mb][j][2] = o[mb][j][3] = 0.f;
+      row_max[mb][0] = row_max[mb][1] = neg_inf();  // log2 domain
+      row_sum[mb][0] = row_sum[mb][1] = 0.f;        // this thread's share; quad-summed at the end
+    }
     u32 qf[Q_REG_STEPS][4];
 
     for (int it = 0; it < steps; it++) {
@@ -162,7 +170,7 @@ struct pat_decode {
       if (next < steps) load_kv(next % C::STAGES, next);
       cp_async_commit();
 
-      if constexpr (C::Q_IN_REGS) {
+      if constexpr (Q_REGS) {
         if (it == 0) {
 #pragma unroll
           for (int kk = 0; kk < Q_REG_STEPS; kk++) ldmatrix_x4(qf[kk], sQ + slab(opq, kk));
@@ -173,31 +181,37 @@ struct pat_decode {
       const u32 sK = ring + (it % C::STAGES) * 2 * KV_TILE_BYTES;
       const u32 sV = sK + KV_TILE_BYTES;
 
-      // Stage: S = Q K^T for this warp's 16 rows x SLICE_N tokens (fp32 accumulators). The
+      // Stage: S = Q K^T for this warp's WARP_ROWS rows x SLICE_N tokens (fp32 accumulators). The
       // K fragments run PREFETCH ldmatrix ahead of the mma that reads them, so the tensor
       // cores do not wait on shared memory.
       auto k_addr = [&](int n) { return sK + slab(opk, n / KJ) + (n % KJ) * 16 * ROW_BYTES; };
       u32 kf[PREFETCH + 1][4];
 #pragma unroll
       for (int n = 0; n < PREFETCH; n++) ldmatrix_x4(kf[n], k_addr(n));
-      float s[SLICE_N / 8][4];
+      float s[MB][SLICE_N / 8][4];
 #pragma unroll
-      for (int j = 0; j < SLICE_N / 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-      u32 a[4];
+      for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+        for (int j = 0; j < SLICE_N / 8; j++) s[mb][j][0] = s[mb][j][1] = s[mb][j][2] = s[mb][j][3] = 0.f;
+      u32 a[MB][4];
 #pragma unroll
       for (int n = 0; n < D / 16 * KJ; n++) {
         if (n + PREFETCH < D / 16 * KJ)
           ldmatrix_x4(kf[(n + PREFETCH) % (PREFETCH + 1)], k_addr(n + PREFETCH));
         const int kk = n / KJ, jj = n % KJ;
-        if constexpr (C::Q_IN_REGS) {
+        if constexpr (Q_REGS) {
 #pragma unroll
-          for (int x = 0; x < 4; x++) a[x] = qf[kk][x];
+          for (int x = 0; x < 4; x++) a[0][x] = qf[kk][x];
         } else if (jj == 0) {
-          ldmatrix_x4(a, sQ + slab(opq, kk));
+#pragma unroll
+          for (int mb = 0; mb < MB; mb++) ldmatrix_x4(a[mb], sQ + slab(opq, kk) + mb * 16 * ROW_BYTES);
         }
         const u32 (&b)[4] = kf[n % (PREFETCH + 1)];
-        E::mma(s[2 * jj], a, b[0], b[1]);
-        E::mma(s[2 * jj + 1], a, b[2], b[3]);
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+          E::mma(s[mb][2 * jj], a[mb], b[0], b[1]);
+          E::mma(s[mb][2 * jj + 1], a[mb], b[2], b[3]);
+        }
       }
       // The first V fragments load while the softmax runs.
       auto v_addr = [&](int n) { return sV + slab(opv, n % VJ) + (n / VJ) * 16 * ROW_BYTES; };
@@ -209,86 +223,94 @@ struct pat_decode {
       // order) and the scale folds into the exponent's FFMA; tokens past kv_len are masked.
       const int tok_base = it * C::TILE_N + warp_n * SLICE_N + 2 * (lane & 3);
       const bool tail = (it + 1) * C::TILE_N > kv_len;
-      float mx[2] = {neg_inf(), neg_inf()};
+      u32 pa[MB][SLICE_N / 16][4];
 #pragma unroll
-      for (int j = 0; j < SLICE_N / 8; j++) {
+      for (int mb = 0; mb < MB; mb++) {
+        float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-        for (int x = 0; x < 4; x++) {
-          if (tail && tok_base + j * 8 + (x & 1) >= kv_len) s[j][x] = neg_inf();
-          mx[x >> 1] = fmaxf(mx[x >> 1], s[j][x]);
+        for (int j = 0; j < SLICE_N / 8; j++) {
+#pragma unroll
+          for (int x = 0; x < 4; x++) {
+            if (tail && tok_base + j * 8 + (x & 1) >= kv_len) s[mb][j][x] = neg_inf();
+            mx[x >> 1] = fmaxf(mx[x >> 1], s[mb][j][x]);
+          }
         }
-      }
-      float scale[2];
+        float scale[2];
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);  // log2 domain
-        // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
-        const float base = m_new == neg_inf() ? 0.f : m_new;
-        scale[h] = fast_exp2(row_max[h] - base);
-        row_max[h] = m_new;
-        row_sum[h] *= scale[h];
-        mx[h] = base;
-      }
-#pragma unroll
-      for (int j = 0; j < SLICE_N / 8; j++) {
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          s[j][x] = fast_exp2(fmaf(s[j][x], p.scale_log2, -mx[x >> 1]));
-          row_sum[x >> 1] += s[j][x];
+        for (int h = 0; h < 2; h++) {
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+          mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+          const float m_new = fmaxf(row_max[mb][h], mx[h] * p.scale_log2);  // log2 domain
+          // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
+          const float base = m_new == neg_inf() ? 0.f : m_new;
+          scale[h] = fast_exp2(row_max[mb][h] - base);
+          row_max[mb][h] = m_new;
+          row_sum[mb][h] *= scale[h];
+          mx[h] = base;
         }
-      }
 #pragma unroll
-      for (int j = 0; j < D / 8; j++) {
-        o[j][0] *= scale[0]; o[j][1] *= scale[0];
-        o[j][2] *= scale[1]; o[j][3] *= scale[1];
+        for (int j = 0; j < SLICE_N / 8; j++) {
+#pragma unroll
+          for (int x = 0; x < 4; x++) {
+            s[mb][j][x] = fast_exp2(fmaf(s[mb][j][x], p.scale_log2, -mx[x >> 1]));
+            row_sum[mb][x >> 1] += s[mb][j][x];
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < D / 8; j++) {
+          o[mb][j][0] *= scale[0]; o[mb][j][1] *= scale[0];
+          o[mb][j][2] *= scale[1]; o[mb][j][3] *= scale[1];
+        }
+        // P's accumulator layout is already the A-operand layout of P V.
+#pragma unroll
+        for (int kc = 0; kc < SLICE_N / 16; kc++) {
+          pa[mb][kc][0] = E::pack(s[mb][2 * kc][0], s[mb][2 * kc][1]);
+          pa[mb][kc][1] = E::pack(s[mb][2 * kc][2], s[mb][2 * kc][3]);
+          pa[mb][kc][2] = E::pack(s[mb][2 * kc + 1][0], s[mb][2 * kc + 1][1]);
+          pa[mb][kc][3] = E::pack(s[mb][2 * kc + 1][2], s[mb][2 * kc + 1][3]);
+        }
       }
 
-      // Stage: O += P V; P's accumulator layout is already the A-operand layout.
-      u32 pa[SLICE_N / 16][4];
-#pragma unroll
-      for (int kc = 0; kc < SLICE_N / 16; kc++) {
-        pa[kc][0] = E::pack(s[2 * kc][0], s[2 * kc][1]);
-        pa[kc][1] = E::pack(s[2 * kc][2], s[2 * kc][3]);
-        pa[kc][2] = E::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-        pa[kc][3] = E::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-      }
+      // Stage: O += P V.
 #pragma unroll
       for (int n = 0; n < SLICE_N / 16 * VJ; n++) {
         if (n + PREFETCH < SLICE_N / 16 * VJ)
           ldmatrix_x4_trans(vf[(n + PREFETCH) % (PREFETCH + 1)], v_addr(n + PREFETCH));
         const int kc = n / VJ, dp = n % VJ;
         const u32 (&b)[4] = vf[n % (PREFETCH + 1)];
-        E::mma(o[2 * dp], pa[kc], b[0], b[1]);
-        E::mma(o[2 * dp + 1], pa[kc], b[2], b[3]);
+#pragma unroll
+        for (int mb = 0; mb < MB; mb++) {
+          E::mma(o[mb][2 * dp], pa[mb][kc], b[0], b[1]);
+          E::mma(o[mb][2 * dp + 1], pa[mb][kc], b[2], b[3]);
+        }
       }
     }
 
     // Stage: epilogue. Drain the pipeline; the ring becomes per-warp fp32 partial results.
     cp_async_wait<0>();
     __syncthreads();
-    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);  // [warps][16][D]
-    float *sM = sO + WARPS * 16 * D;                      // [warps][16]
-    float *sL = sM + WARPS * 16;                          // [warps][16]
-    {
-      float *w = sO + warp * 16 * D;
-      const int g = lane >> 2, c = 2 * (lane & 3);
+    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);  // [warps][WARP_ROWS][D]
+    float *sM = sO + WARPS * WARP_ROWS * D;  // [warps][WARP_ROWS]
+    float *sL = sM + WARPS * WARP_ROWS;      // [warps][WARP_ROWS]
+#pragma unroll
+    for (int mb = 0; mb < MB; mb++) {
+      const int g = mb * 16 + (lane >> 2), c = 2 * (lane & 3);
+      float *w = sO + warp * WARP_ROWS * D;
 #pragma unroll
       for (int j = 0; j < D / 8; j++) {
-        *reinterpret_cast<float2 *>(w + g * D + j * 8 + c) = make_float2(o[j][0], o[j][1]);
-        *reinterpret_cast<float2 *>(w + (g + 8) * D + j * 8 + c) = make_float2(o[j][2], o[j][3]);
+        *reinterpret_cast<float2 *>(w + g * D + j * 8 + c) = make_float2(o[mb][j][0], o[mb][j][1]);
+        *reinterpret_cast<float2 *>(w + (g + 8) * D + j * 8 + c) = make_float2(o[mb][j][2], o[mb][j][3]);
       }
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
-        row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+        row_sum[mb][h] += __shfl_xor_sync(0xffffffffu, row_sum[mb][h], 1);
+        row_sum[mb][h] += __shfl_xor_sync(0xffffffffu, row_sum[mb][h], 2);
       }
       if ((lane & 3) == 0) {
-        sM[warp * 16 + g] = row_max[0];
-        sM[warp * 16 + g + 8] = row_max[1];
-        sL[warp * 16 + g] = row_sum[0];
-        sL[warp * 16 + g + 8] = row_sum[1];
+        sM[warp * WARP_ROWS + g] = row_max[mb][0];
+        sM[warp * WARP_ROWS + g + 8] = row_max[mb][1];
+        sL[warp * WARP_ROWS + g] = row_sum[mb][0];
+        sL[warp * WARP_ROWS + g + 8] = row_sum[mb][1];
       }
     }
     __syncthreads();
@@ -296,14 +318,14 @@ struct pat_decode {
     // Stage: combine the WARPS_N token slices of each row; a warp takes one row at a time
     // (its query, weights and destination are warp-uniform), lanes along the head dimension.
     for (int r = warp; r < rows; r += WARPS) {
-      const int wm = r / 16, rr = r % 16;
+      const int wm = r / WARP_ROWS, rr = r % WARP_ROWS;
       float m = neg_inf();
 #pragma unroll
-      for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * 16 + rr]);
+      for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * WARP_ROWS + rr]);
       float f[C::WARPS_N], l = 0.f;
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) {
-        const int w = (wm + wn * C::WARPS_M) * 16 + rr;
+        const int w = (wm + wn * C::WARPS_M) * WARP_ROWS + rr;
         f[wn] = fast_exp2(sM[w] - m);
         l += sL[w] * f[wn];
       }
@@ -315,7 +337,7 @@ struct pat_decode {
         float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
         for (int wn = 0; wn < C::WARPS_N; wn++) {
-          const float4 v = *reinterpret_cast<const float4 *>(sO + ((wm + wn * C::WARPS_M) * 16 + rr) * D + c);
+          const float4 v = *reinterpret_cast<const float4 *>(sO + ((wm + wn * C::WARPS_M) * WARP_ROWS + rr) * D + c);
           acc.x += v.x * f[wn]; acc.y += v.y * f[wn]; acc.z += v.z * f[wn]; acc.w += v.w * f[wn];
         }
         if (pq.slot < 0) {
@@ -331,8 +353,10 @@ struct pat_decode {
     }
   }
 
-  static constexpr int Q_REG_STEPS = C::Q_IN_REGS ? D / 16 : 1;
+  static constexpr bool Q_REGS = C::Q_IN_REGS && MB == 1;  // two row blocks: no room
+  static constexpr int Q_REG_STEPS = Q_REGS ? D / 16 : 1;
   static constexpr int KJ = SLICE_N / 16;  // K fragments (ldmatrix x4) per 16-column slab
   static constexpr int VJ = D / 16;        // V fragments per 16 tokens
-  static constexpr int PREFETCH = 3;       // fragments loaded ahead of their mma
+  // Fragments loaded ahead of their mma; with two row blocks each fragment feeds four mma.
+  static constexpr int PREFETCH = MB == 1 ? 3 : 1;
 };
