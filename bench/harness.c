@@ -480,6 +480,15 @@ int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_res
     qsort(times, (size_t)iters, sizeof *times, cmp_float);
     r->median_us = times[iters / 2] * 1e3;
     r->min_us = times[0] * 1e3;
+    /* The plan after its timed runs (state such as the merge counts carried over): poisoned
+    ** and checked again; the result keeps the worse of the two checks. */
+    harness_result again = *r;
+    if (CK(h->cu->cuMemsetD8(h->out, 0xff, h->q_elems * 2)) || pat_forward(h->ctx, plan, &t, 0, 0, NULL) ||
+        harness_check(h, max_check, &again, err, errlen))
+      goto done;
+    r->rel_err = again.rel_err > r->rel_err ? again.rel_err : r->rel_err;
+    r->max_abs_err = again.max_abs_err > r->max_abs_err ? again.max_abs_err : r->max_abs_err;
+    r->nonfinite += again.nonfinite;
     if (!h->skip_plan_timing) r->plan_us = median_plan_build_us(h, &b);
   }
   rc = 0;

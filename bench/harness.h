@@ -66,7 +66,8 @@ int harness_check_host(harness *h, int max_check, harness_result *r, char *err, 
 
 /* Plans w in `mode`, poisons out with NaN, runs pat_forward once and checks every query
 ** (or an evenly spread sample of max_check queries, 0 = all) against the CPU reference;
-** then, when iters > 0, times iters runs after a warm-up. Returns 0, or -1 with a message. */
+** then, when iters > 0, times iters runs after a warm-up and poisons, runs and checks once
+** more (r keeps the worse check). Returns 0, or -1 with a message. */
 int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_result *r,
                 char *err, size_t errlen);
 
