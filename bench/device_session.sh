@@ -10,8 +10,6 @@
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
 #             then the tile-variant sweep of bench/probe_sweep.sh
-#   merge     the quick GPU suites, then patbench with the merge kernel and with the merge
-#             inside the forward kernels (PAT_MERGE=kernel / fused), same call
 #   variants  the tile-variant sweep, then patbench on the default spec and on copies of it
 #             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
 set -u -o pipefail
@@ -106,14 +104,6 @@ ab)
     ITERS=100 ab_trees 2>&1 | tee "$out/ab-trees-$tag.log"
   timeout 200 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/ab-sweep-$tag.log"
   ;;
-merge)
-  quick_tests 2>&1 | tee "$out/merge-tests-$tag.log"
-  for m in kernel fused; do
-    echo "== PAT_MERGE=$m"
-    PAT_MERGE=$m timeout 150 build/gpu/patbench --spec specs/default.yaml --iters 30 --check 2 \
-      --out "$out/merge-$m-$tag.jsonl" 2>&1 | tee "$out/merge-$m-$tag.txt" | tail -8
-  done
-  ;;
 variants)
   timeout 150 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/variants-sweep-$tag.log"
   mkdir -p build/variants
@@ -144,5 +134,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|merge|variants|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|variants|final|tune"; exit 2 ;;
 esac

@@ -38,9 +38,6 @@
 #ifndef P_WM
 #define P_WM (P_M / 16)  // warps along the rows (P_M / P_WM rows each: 16 or 32)
 #endif
-#ifndef P_FUSED
-#define P_FUSED 1  // the merge inside the forward kernel (0: the separate merge kernel)
-#endif
 #ifndef P_MINB
 #define P_MINB 1  // __launch_bounds__ min blocks per SM
 #endif
@@ -109,8 +106,7 @@ int main(int argc, char **argv)
       pk.kv_len = std::min(len, t0 + chunk_pages * P) - t0;
       for (int i = 0; i < chunk_pages && s * chunk_pages + i < pages_per_q; i++)
         pages.push_back(perm[g * pages_per_q + s * chunk_pages + i]);
-      for (int q = q0; q < q1; q++)
-        pq.push_back({q, nsp == 1 ? -1 : slot + (q - q0) * nsp + s, nsp == 1 ? -1 : (int)items.size() + q - q0});
+      for (int q = q0; q < q1; q++) pq.push_back({q, nsp == 1 ? -1 : slot + (q - q0) * nsp + s});
       packs.push_back(pk);
     }
     if (nsp > 1)
@@ -168,26 +164,16 @@ int main(int argc, char **argv)
   if (!items.empty())
     CK(cudaMemcpy(ditems, items.data(), items.size() * sizeof(pat_merge_item), cudaMemcpyHostToDevice));
   CK(cudaMemset(dout, 0xff, hq.size() * 2));  // NaN poison
-  pat_fwd_params p = {};
-  p.q = dq; p.k_cache = dk; p.v_cache = dv; p.out = dout; p.part_o = dpo; p.part_lse = dlse;
-  p.packs = (const pat_pack *)dpk; p.pack_queries = (const pat_pack_query *)dpq; p.pages = (const int *)dpages;
-  p.q_stride = p.o_stride = (long long)qh * D;
-  p.q_heads = qh; p.kv_heads = kvh;
-  p.scale_log2 = scale * 1.4426950408889634f;
-  int *dcounts = nullptr;  // P_FUSED: the forward kernel merges (the default), else the merge kernel
-  if (P_FUSED && !items.empty()) {
-    CK(cudaMalloc(&dcounts, items.size() * kvh * sizeof(int)));
-    CK(cudaMemset(dcounts, 0, items.size() * kvh * sizeof(int)));
-    p.merges = (const pat_merge_item *)ditems;
-    p.merge_counts = dcounts;
-  }
+  pat_fwd_params p = {dq, dk, dv, dout, dpo, dlse, (const pat_pack *)dpk, (const pat_pack_query *)dpq,
+                      (const int *)dpages, (long long)qh * D, (long long)qh * D, qh, kvh,
+                      scale * 1.4426950408889634f};
   pat_merge_params mp = {dpo, dlse, dout, (const pat_merge_item *)ditems, (long long)qh * D, qh};
   int smem = K::SMEM_BYTES;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   dim3 grid((unsigned)packs.size(), kvh);
   auto launch = [&] {
     fwd<<<grid, K::THREADS, smem>>>(p);
-    if (!items.empty() && !P_FUSED) merge<<<dim3((unsigned)items.size(), (qh + 3) / 4), 128>>>(mp);
+    if (!items.empty()) merge<<<dim3((unsigned)items.size(), (qh + 3) / 4), 128>>>(mp);
   };
   launch();
   CK(cudaGetLastError());

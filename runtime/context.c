@@ -192,12 +192,6 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
   }
   if (PAT_CU(cu, cu->cuCtxSetCurrent(ctx->cuctx), e, el))
     return create_failed(ctx, PAT_ERR_CUDA, msg, msglen);
-  const char *merge = getenv("PAT_MERGE");
-  if (merge && *merge && strcmp(merge, "kernel") && strcmp(merge, "fused")) {
-    pat_fail(ctx, PAT_ERR_INVALID_ARG, "PAT_MERGE=%s: expected 'fused' (the default) or 'kernel'", merge);
-    return create_failed(ctx, PAT_ERR_INVALID_ARG, msg, msglen);
-  }
-  ctx->merge_kernel = merge && !strcmp(merge, "kernel");
   if (spec) {
     snprintf(ctx->tuning, sizeof ctx->tuning, "as given by the caller (no table read)");
   } else {

@@ -1,6 +1,5 @@
 /* forward.c: pat_forward: one launch per tile group, spread over the context's streams
-** (forked from and joined back to the caller's stream); the kernels merge split queries
-** themselves (or, with $PAT_MERGE=kernel, a merge kernel runs after the join). Capacity plans
+** (forked from and joined back to the caller's stream), then the merge. Capacity plans
 ** launch fixed grids, so the same calls can be captured in a CUDA graph and replayed. */
 #include <stdio.h>
 
@@ -69,11 +68,6 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     .q_stride = q_stride, .o_stride = o_stride, .q_heads = plan->q_heads, .kv_heads = plan->kv_heads,
     .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
   };
-  const int fused = plan->merge_grid > 0 && !ctx->merge_kernel;
-  if (fused) {
-    fp.merges = (const pat_merge_item *)(uintptr_t)(plan->meta + plan->off_merges);
-    fp.merge_counts = (int *)(uintptr_t)(plan->meta + plan->off_counts);
-  }
 
   /* One launch alone runs on the caller's stream; several fork onto the context's streams.
   ** A capacity plan's launches are fixed: every call issues the same work (capturable). */
@@ -106,7 +100,7 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
       return PAT_ERR_CUDA;
   }
 
-  if (plan->merge_grid > 0 && !fused) {
+  if (plan->merge_grid > 0) {
     int mi = ctx->src.count - 1;
     if (!ctx->kernels[mi].module) {
       pat_status st = pat_jit_ensure(ctx, mi);

@@ -31,8 +31,6 @@ struct pat_context {
   char cache_dir[1024];    /* "" when the disk cache is off */
   int progress;
   pthread_mutex_t jit_lock;  /* guards lazy compilation */
-  int merge_kernel;        /* 1: a separate merge kernel ($PAT_MERGE=kernel); 0: the forward
-                           ** kernels merge (pat_fwd_params.merge_counts) */
   int num_streams;
   CUstream streams[PAT_MAX_STREAMS];
   CUevent fork_event;
@@ -47,10 +45,9 @@ struct pat_plan {
   pat_host_plan host;
   int gqa, q_heads, kv_heads;
   void *pinned;            /* host staging of the metadata (page-locked) */
-  CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | merges | counts */
+  CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | merges */
   size_t meta_bytes;
   size_t off_packs, off_pack_queries, off_pages, off_merges;
-  size_t off_counts;       /* [merge items][kv_heads] int32 merge counts, zero between calls */
   CUevent uploaded;
   double build_us;
   /* What pat_forward launches: one entry per tile launch (tile, first pack in the device

@@ -208,11 +208,8 @@ typedef struct pat_tensors {
 } pat_tensors;
 
 /* Runs forward and merge for plan on `stream`: the tile groups fork onto the context's
-** streams and join back, so the work is ordered after everything already on `stream` and
-** before anything queued after. The merge runs inside the forward kernels, counting the
-** partial results in the plan's device metadata: one pat_forward of a plan in flight at a
-** time (calls ordered on one stream are fine). $PAT_MERGE=kernel, read at context
-** creation, runs it as a separate kernel after the join instead. No host synchronisation, no allocation when
+** streams and join back before the merge, so the work is ordered after everything already
+** on `stream` and before anything queued after. No host synchronisation, no allocation when
 ** workspace is given (workspace_bytes >= pat_plan_workspace_size; 16-byte aligned). With
 ** workspace 0 the context uses (and grows, synchronising once) its own buffer; a capacity
 ** plan made without external_workspace uses its own instead.

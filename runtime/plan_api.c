@@ -20,8 +20,6 @@ static double now_us(void)
 }
 
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
-/* Bytes of the merge counts: one int32 per (merge item, kv head). */
-static size_t counts_bytes(int merges, int kv_heads) { return (size_t)merges * (size_t)kv_heads * sizeof(int32_t); }
 
 /* Checks the batch's heads and mode against the spec; sets *gqa. */
 static pat_status check_batch(pat_context *ctx, const pat_batch_desc *b, int *gqa)
@@ -101,8 +99,7 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   p->off_pack_queries = align16(p->off_packs + (size_t)h->num_packs * sizeof(pat_pack));
   p->off_pages = align16(p->off_pack_queries + (size_t)h->num_pack_queries * sizeof(pat_pack_query));
   p->off_merges = align16(p->off_pages + (size_t)h->num_pages * sizeof(int32_t));
-  p->off_counts = align16(p->off_merges + (size_t)h->num_merges * sizeof(pat_merge_item));
-  p->meta_bytes = align16(p->off_counts + counts_bytes(h->num_merges, p->kv_heads));
+  p->meta_bytes = align16(p->off_merges + (size_t)h->num_merges * sizeof(pat_merge_item));
   p->num_launches = h->num_groups;
   memcpy(p->launches, h->groups, (size_t)h->num_groups * sizeof *h->groups);
   p->merge_grid = h->num_merges;
@@ -118,7 +115,6 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   memcpy(s + p->off_pages, h->pages, (size_t)h->num_pages * sizeof(int32_t));
   if (h->num_merges)
     memcpy(s + p->off_merges, h->merges, (size_t)h->num_merges * sizeof(pat_merge_item));
-  memset(s + p->off_counts, 0, p->meta_bytes - p->off_counts);
   if (PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta, p->pinned, p->meta_bytes, (CUstream)stream), e, el) ||
       PAT_CU(cu, cu->cuEventRecord(p->uploaded, (CUstream)stream), e, el))
     goto fail;
@@ -198,14 +194,12 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
     free(p);
     return st;
   }
-  /* Layout: packs | merges (uploaded whole: padding matters) | pack_queries | pages | merge
-  ** counts (zeroed once here; the kernels leave them zero). */
+  /* Layout: packs | merges (uploaded whole: padding matters) | pack_queries | pages. */
   p->off_packs = 0;
   p->off_merges = align16((size_t)l.total_packs * sizeof(pat_pack));
   p->off_pack_queries = align16(p->off_merges + (size_t)l.max_merges * sizeof(pat_merge_item));
   p->off_pages = align16(p->off_pack_queries + (size_t)l.max_pack_queries * sizeof(pat_pack_query));
-  p->off_counts = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
-  p->meta_bytes = align16(p->off_counts + counts_bytes(l.max_merges, p->kv_heads));
+  p->meta_bytes = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
   for (int t = 0; t < l.num_tiles; t++)
     if (l.tile_packs[t] > 0) p->launches[p->num_launches++] = (pat_tile_group){t, l.tile_begin[t], l.tile_packs[t]};
   p->merge_grid = l.max_merges;
@@ -223,15 +217,7 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
   /* Every kernel the plan launches is loaded now: pat_forward never compiles for it. */
   for (int i = 0; i < p->num_launches; i++)
     if ((st = pat_jit_ensure(ctx, pat_kernel_index(ctx, p->launches[i].tile, gqa)))) goto fail;
-  if (p->merge_grid > 0 && ctx->merge_kernel && (st = pat_jit_ensure(ctx, ctx->src.count - 1))) goto fail;
-  memset((char *)p->pinned + p->off_counts, 0, p->meta_bytes - p->off_counts);
-  if (p->meta_bytes > p->off_counts &&
-      PAT_CU(ctx->cu, ctx->cu->cuMemcpyHtoDAsync(p->meta + p->off_counts, (char *)p->pinned + p->off_counts,
-                                                 p->meta_bytes - p->off_counts, (CUstream)stream),
-             ctx->err, sizeof ctx->err)) {
-    st = PAT_ERR_CUDA;
-    goto fail;
-  }
+  if (p->merge_grid > 0 && (st = pat_jit_ensure(ctx, ctx->src.count - 1))) goto fail;
   if ((st = pad_and_upload(p, &p->host, &l, stream))) goto fail;
   *out = p;
   return PAT_OK;
@@ -342,7 +328,7 @@ PAT_API pat_status pat_plan_get_info(const pat_plan *p, pat_plan_info *info)
   if (!p || !info) return PAT_ERR_INVALID_ARG;
   info->num_packs = p->host.num_packs;
   info->num_ctas = p->host.num_packs * p->kv_heads;
-  info->num_launches = p->num_launches + (p->merge_grid > 0 && p->ctx->merge_kernel);
+  info->num_launches = p->num_launches + (p->merge_grid > 0);
   info->num_merges = p->host.num_merges;
   info->num_slots = p->host.num_slots;
   info->kv_tokens_read = p->host.kv_tokens_read;

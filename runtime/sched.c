@@ -766,12 +766,11 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     if (cnt[q] > 1) { nslots += cnt[q]; nmerge++; }
   if (nf > INT32_MAX || npq > INT32_MAX || npages > INT32_MAX || nslots > INT32_MAX) return -1;
 
-  /* scratch: final packs, sort keys and permutation, slot bases, counters and merge items,
-  ** buckets */
+  /* scratch: final packs, sort keys and permutation, slot bases and counters, buckets */
   size_t nb = (size_t)nt * 32 + 1;
-  fpack *fp = malloc((size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 3 + nb) * sizeof(int32_t));
+  fpack *fp = malloc((size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
   int32_t *key = fp ? (int32_t *)(void *)(fp + nf) : NULL;
-  int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 3;
+  int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
   plan->packs = malloc((size_t)nf * sizeof *plan->packs);
   plan->pack_queries = malloc((size_t)npq * sizeof *plan->pack_queries);
   plan->pages = malloc((size_t)(npages ? npages : 1) * sizeof *plan->pages);
@@ -825,13 +824,12 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   for (int32_t i = 0; i < f; i++) perm[bucket[key[i]]++] = i;
 
   /* slots: contiguous per query, in query order */
-  int32_t *slot_base = next, *slot_next = next + n, *merge_of = next + 2 * (size_t)n;
+  int32_t *slot_base = next, *slot_next = next + n;
   int32_t sl = 0, m = 0;
   for (int32_t q = 0; q < n; q++) {
     slot_next[q] = 0;
     if (cnt[q] > 1) {
       slot_base[q] = sl;
-      merge_of[q] = m;
       plan->merges[m++] = (pat_merge_item){q, sl, cnt[q]};
       sl += cnt[q];
     } else {
@@ -849,7 +847,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     for (int32_t j = 0; j < p->nq; j++) {
       int32_t q = c->order[p->q_lo + j];
       int32_t slot = slot_base[q] < 0 ? -1 : slot_base[q] + slot_next[q]++;
-      plan->pack_queries[pq++] = (pat_pack_query){q, slot, slot < 0 ? -1 : merge_of[q]};
+      plan->pack_queries[pq++] = (pat_pack_query){q, slot};
     }
   }
   plan->num_queries = n;

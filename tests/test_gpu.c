@@ -149,50 +149,6 @@ Test(gpu, paper_tiles_each, .timeout = 900)
   }
 }
 
-/* The merge inside the forward kernels (default) and as a kernel of its own ($PAT_MERGE=kernel),
-** each checked on its first run and again after repeated runs of the same plan (the merge
-** counts must return to zero); an unknown $PAT_MERGE is refused. */
-Test(gpu, merge_modes_and_repeated_runs, .timeout = 600)
-{
-  skip_without_gpu();
-  const char *p = write_spec("merge_modes", "fp16", 128, 16, "[4]", TILES_64_128);
-  pat_random_tree_opts o = {.max_depth = 4, .max_fanout = 12, .max_queries = 48, .max_pages = 400,
-                            .max_node_pages = 6, .max_leaf_tokens = 48};
-  int launches[2] = {0, 0};
-  for (int m = 0; m < 2; m++) {
-    cr_assert_eq(setenv("PAT_MERGE", m ? "kernel" : "fused", 1), 0);
-    pat_context *ctx = open_ctx(p);
-    for (int t = 0; t < 3; t++) {
-      pat_workload w;
-      char err[512];
-      cr_assert_eq(pat_tree_random(77 + (uint64_t)t, &o, 16, &w, err, sizeof err), 0, "%s", err);
-      harness *h = harness_create(ctx, &w, 16, 4, 99 + (uint64_t)t, err, sizeof err);
-      cr_assert_not_null(h, "%s", err);
-      for (int mode = 0; mode < 2; mode++) {
-        harness_result r;
-        cr_assert_eq(harness_run(h, (pat_mode)mode, 0, 3, &r, err, sizeof err), 0, "%s", err);
-        cr_expect_eq(r.nonfinite, 0, "PAT_MERGE %d tree %d mode %d: %lld outputs not written", m, t, mode,
-                     r.nonfinite);
-        cr_expect(r.rel_err < TOL_FP16, "PAT_MERGE %d tree %d mode %d: rel_err %.3e", m, t, mode, r.rel_err);
-        cr_expect_gt(r.info.num_merges, 0, "tree %d mode %d: no split queries, nothing merged", t, mode);
-        if (t == 0 && mode == 1) launches[m] = r.info.num_launches;
-      }
-      harness_destroy(h);
-      pat_workload_free(&w);
-    }
-    pat_context_destroy(ctx);
-  }
-  cr_expect_eq(launches[1], launches[0] + 1, "the merge kernel is one more launch (%d vs %d)", launches[1],
-               launches[0]);
-  cr_assert_eq(setenv("PAT_MERGE", "later", 1), 0);
-  pat_context_desc d = {.spec_path = p, .cache_dir = "build/gpu_cache", .lazy = 1};
-  pat_context *ctx = NULL;
-  char err[512];
-  cr_expect_eq(pat_context_create(&d, &ctx, err, sizeof err), PAT_ERR_INVALID_ARG);
-  cr_expect(strstr(err, "PAT_MERGE=later: expected 'fused' (the default) or 'kernel'"), "%s", err);
-  unsetenv("PAT_MERGE");
-}
-
 /* Tiles of 32 rows a warp alone (2 x 2, 2 x 1, 4 x 1 and 4 x 2 warps), GQA 1, 2, 4, 8. */
 Test(gpu, warp_rows_32_each, .timeout = 900)
 {

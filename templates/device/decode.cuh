@@ -5,13 +5,11 @@
 // of a step (SLICE_N tokens each). A warp with 32 rows reuses each K and V fragment it reads
 // from shared memory for two mma row blocks, halving the ldmatrix traffic per mma. Every warp keeps its own online-softmax state; the epilogue combines the
 // WARPS_N warps of a row block through shared memory and writes either the final output or a
-// normalised partial output (element type) plus its log2-sum-exp2; the CTA that writes a
-// query's last partial (for its kv head) then merges that query's heads.
+// normalised partial output (element type) plus its log2-sum-exp2 for the merge kernel.
 #pragma once
 
 #include "pat/params.h"
 #include "pat/mma.cuh"
-#include "pat/merge.cuh"
 
 // C provides: Elem (pat_fp16 / pat_bf16), HEAD_DIM, PAGE_SIZE, GQA, TILE_M, TILE_N, WARPS_M,
 // WARPS_N, STAGES, Q_IN_REGS.
@@ -40,7 +38,6 @@ struct pat_decode {
   static_assert(SLICE_N % 16 == 0, "a warp's token slice is a multiple of 16");
   static_assert(CHUNKS >= 8, "the swizzle needs rows of at least 8 chunks");
   static_assert(C::STAGES >= 2, "the pipeline needs two stages");
-  static_assert(C::TILE_M <= PAGE_WINDOW, "the merge flags of a pack's queries reuse the page window");
 
   static constexpr int ROW_BYTES = D * 2;          // one row of a Q, K or V tile
   static constexpr int KV_TILE_BYTES = KV_TILE * 2;
@@ -353,38 +350,6 @@ struct pat_decode {
         }
       }
       if (pq.slot >= 0 && lane == 0) p.part_lse[(long long)pq.slot * p.q_heads + head] = m + fast_log2(l);
-    }
-    if (p.merge_counts) merge_finished(p, pk, kvh, s_pages);
-  }
-
-  // Stage: the merge. Each query with partials counts the ones written for this kv head; the
-  // CTA whose count completes the query merges its GQA heads (and resets the count for the
-  // next call). The fences order this CTA's partial stores before its count, and the other
-  // CTAs' stores before the merge's loads (which read through L2).
-  static __device__ __forceinline__ void merge_finished(const pat_fwd_params &p, const pat_pack &pk, int kvh,
-                                                        int *s_last)
-  {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    __threadfence();
-    __syncthreads();  // every partial of this CTA is stored (and s_last, the page window, is free)
-    for (int i = tid; i < pk.num_queries; i += THREADS) {
-      const pat_pack_query pq = p.pack_queries[pk.query_begin + i];
-      int last = 0;
-      if (pq.slot >= 0) {
-        int *count = p.merge_counts + (long long)pq.merge * p.kv_heads + kvh;
-        last = atomicAdd(count, 1) == p.merges[pq.merge].num_splits - 1;
-        if (last) *count = 0;  // every split has counted: no other CTA touches it this call
-      }
-      s_last[i] = last;
-    }
-    __syncthreads();
-    __threadfence();
-    for (int x = warp; x < pk.num_queries * C::GQA; x += WARPS) {
-      const int i = x / C::GQA;
-      if (!s_last[i]) continue;  // warp-uniform
-      const pat_pack_query pq = p.pack_queries[pk.query_begin + i];
-      pat_merge_head<E, D>(p.part_o, p.part_lse, p.out, p.o_stride, p.q_heads, p.merges[pq.merge],
-                           kvh * C::GQA + x % C::GQA, lane);
     }
   }
 

@@ -112,12 +112,11 @@ __device__ __forceinline__ void store4(void *dst, float a, float b, float c, flo
   *reinterpret_cast<uint2 *>(dst) = v;
 }
 
-// Four elements (8 bytes) to four floats, read through L2 (ld.global.cg): the data may have
-// been written by another CTA of a kernel still running, so no L1 line may serve it.
+// Four elements (8 bytes) to four floats.
 template <class E>
-__device__ __forceinline__ float4 load4_l2(const void *src)
+__device__ __forceinline__ float4 load4(const void *src)
 {
-  const uint2 v = __ldcg(reinterpret_cast<const uint2 *>(src));
+  const uint2 v = *reinterpret_cast<const uint2 *>(src);
   const float2 a = E::unpack(v.x), b = E::unpack(v.y);
   return make_float4(a.x, a.y, b.x, b.y);
 }

@@ -16,7 +16,6 @@ typedef struct pat_pack {
 typedef struct pat_pack_query {
   int query;  /* row of q and out */
   int slot;   /* workspace slot, or -1: the query's only split, written straight to out */
-  int merge;  /* with a slot: the query's merge item (index into merges), else -1 */
 } pat_pack_query;
 
 /* A query with several splits: merge combines slots slot_begin .. slot_begin+num_splits-1. */
@@ -37,11 +36,6 @@ typedef struct pat_fwd_params {
   const pat_pack *packs;  /* this launch's packs, grid.x of them, device */
   const pat_pack_query *pack_queries;  /* device */
   const int *pages;       /* page ids, device */
-  /* The merge in the forward kernels: the CTA that writes a query's last partial result (for
-  ** its kv head) combines them. merge_counts: [merges][kv_heads] partials written so far, zero
-  ** between calls (the merging CTA resets its count); NULL: a separate merge kernel runs. */
-  const pat_merge_item *merges;  /* device */
-  int *merge_counts;      /* device */
   long long q_stride;     /* elements */
   long long o_stride;     /* elements */
   int q_heads;            /* kv_heads x GQA */
