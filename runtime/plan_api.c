@@ -200,8 +200,15 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
   p->off_pack_queries = align16(p->off_merges + (size_t)l.max_merges * sizeof(pat_merge_item));
   p->off_pages = align16(p->off_pack_queries + (size_t)l.max_pack_queries * sizeof(pat_pack_query));
   p->meta_bytes = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
-  for (int t = 0; t < l.num_tiles; t++)
-    if (l.tile_packs[t] > 0) p->launches[p->num_launches++] = (pat_tile_group){t, l.tile_begin[t], l.tile_packs[t]};
+  /* Fixed launches, larger tiles first: the prefix packs, the long poles, start at once (the
+  ** order pat_sched_build gives a plan's groups, by tile alone). */
+  for (int t = 0; t < l.num_tiles; t++) {
+    if (l.tile_packs[t] <= 0) continue;
+    int h = p->num_launches++;
+    for (; h > 0 && ctx->spec.tiles[p->launches[h - 1].tile].m < ctx->spec.tiles[t].m; h--)
+      p->launches[h] = p->launches[h - 1];
+    p->launches[h] = (pat_tile_group){t, l.tile_begin[t], l.tile_packs[t]};
+  }
   p->merge_grid = l.max_merges;
   p->ws_slots = l.max_slots;
 

@@ -116,6 +116,26 @@ static double mma_weight(const pat_spec *s)
 static double ctok(const ctx *c, int m) { return 1.0 + mma_weight(c->s) * m; }
 static double cpack(int m) { return COST_CTA + 0.5 * m; }
 
+/* Expected run time of a group's longest CTA: its first pack is among its longest. */
+static double group_key(const ctx *c, const pat_host_plan *p, const pat_tile_group *g)
+{
+  return p->packs[g->pack_begin].kv_len * ctok(c, c->s->tiles[g->tile].m);
+}
+
+/* Launch order: the group with the longest-running CTAs first, so that the long poles start
+** at once and the shorter CTAs of the other launches fill the SMs around them (the block
+** scheduler dispatches concurrent kernels in launch order). Stable insertion sort. */
+static void order_groups(const ctx *c, pat_host_plan *plan)
+{
+  for (int32_t g = 1; g < plan->num_groups; g++) {
+    const pat_tile_group x = plan->groups[g];
+    const double kx = group_key(c, plan, &x);
+    int32_t h = g;
+    for (; h > 0 && group_key(c, plan, &plan->groups[h - 1]) < kx; h--) plan->groups[h] = plan->groups[h - 1];
+    plan->groups[h] = x;
+  }
+}
+
 static uint32_t hash32(uint32_t x)
 {
   x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
@@ -858,6 +878,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   plan->num_slots = sl;
   plan->num_groups = ng;
   plan->kv_tokens_read = read;
+  order_groups(c, plan);
   rc = 0;
 out:
   free(fp);

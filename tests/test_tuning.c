@@ -191,8 +191,8 @@ Test(tuning, write_then_read_gives_the_same_table)
 static int *pack_tiles(const pat_host_plan *p)
 {
   int *tile = malloc(sizeof(int) * (size_t)(p->num_packs ? p->num_packs : 1));
-  for (int g = 0, at = 0; g < p->num_groups; g++)
-    for (int i = 0; i < p->groups[g].num_packs; i++) tile[at++] = p->groups[g].tile;
+  for (int g = 0; g < p->num_groups; g++)
+    for (int i = 0; i < p->groups[g].num_packs; i++) tile[p->groups[g].pack_begin + i] = p->groups[g].tile;
   return tile;
 }
 
@@ -232,9 +232,10 @@ Test(tuning, scheduler_follows_choices_and_the_model_keeps_its_tiles)
   s2.tile_choice[gi][0][1] = (unsigned char)(s2.num_tiles);  /* the appended tile, index num_tiles - 1 */
   build(&w, &s2, gqa, &forced);
   int *tf = pack_tiles(&forced), n16 = 0;
-  for (int g = 0, at = 0; g < forced.num_groups; g++)
-    for (int i = 0; i < forced.groups[g].num_packs; i++, at++) {
-      const pat_pack *pk = &forced.packs[forced.groups[g].pack_begin + i];
+  for (int g = 0; g < forced.num_groups; g++)
+    for (int i = 0; i < forced.groups[g].num_packs; i++) {
+      const int at = forced.groups[g].pack_begin + i;
+      const pat_pack *pk = &forced.packs[at];
       int rows = pk->num_queries * gqa;
       if (rows <= 16 && pk->kv_len > 64 && pk->kv_len <= 256) {
         n16++;
