@@ -104,11 +104,11 @@ static int check_plan(const pat_batch *b, const pat_spec *s, const pat_host_plan
   /* launch order: groups by the expected run time of their first (longest) CTA, descending */
   const double wm = 1.0 / (s->split.mma_rows_per_token > 0 ? s->split.mma_rows_per_token : 128);
   for (int g = 1; g < p->num_groups; g++) {
-    const pat_tile_group *a = &p->groups[g - 1], *b = &p->groups[g];
-    double ka = p->packs[a->pack_begin].kv_len * (1.0 + wm * s->tiles[a->tile].m);
-    double kb = p->packs[b->pack_begin].kv_len * (1.0 + wm * s->tiles[b->tile].m);
+    const pat_tile_group *ga = &p->groups[g - 1], *gb = &p->groups[g];
+    double ka = p->packs[ga->pack_begin].kv_len * (1.0 + wm * s->tiles[ga->tile].m);
+    double kb = p->packs[gb->pack_begin].kv_len * (1.0 + wm * s->tiles[gb->tile].m);
     cr_assert_geq(ka, kb, "%s: group %d (tile %d) launches before a longer one (tile %d)", what, g - 1,
-                  a->tile, b->tile);
+                  ga->tile, gb->tile);
   }
   cr_assert_eq(at, p->num_packs, "%s: groups cover %d of %d packs", what, at, p->num_packs);
 
