@@ -3,9 +3,10 @@
 //
 // Warps: WARPS_M along the rows (WARP_ROWS = 16 or 32 rows each) x WARPS_N along the tokens
 // of a step (SLICE_N tokens each). A warp with 32 rows reuses each K and V fragment it reads
-// from shared memory for two mma row blocks, halving the ldmatrix traffic per mma. Every warp keeps its own online-softmax state; the epilogue combines the
-// WARPS_N warps of a row block through shared memory and writes either the final output or a
-// normalised partial output (element type) plus its log2-sum-exp2 for the merge kernel.
+// from shared memory for two mma row blocks, halving the ldmatrix traffic per mma. Every warp
+// keeps its own online-softmax state; the epilogue combines the WARPS_N warps of a row block
+// through shared memory and writes either the final output or a normalised partial output
+// (element type) plus its log2-sum-exp2 for the merge kernel.
 #pragma once
 
 #include "pat/params.h"
@@ -181,8 +182,8 @@ struct pat_decode {
       const u32 sK = ring + (it % C::STAGES) * 2 * KV_TILE_BYTES;
       const u32 sV = sK + KV_TILE_BYTES;
 
-      // Stage: S = Q K^T for this warp's WARP_ROWS rows x SLICE_N tokens (fp32 accumulators). The
-      // K fragments run PREFETCH ldmatrix ahead of the mma that reads them, so the tensor
+      // Stage: S = Q K^T for this warp's WARP_ROWS rows x SLICE_N tokens (fp32 accumulators).
+      // The K fragments run PREFETCH ldmatrix ahead of the mma that reads them, so the tensor
       // cores do not wait on shared memory.
       auto k_addr = [&](int n) { return sK + slab(opk, n / KJ) + (n % KJ) * 16 * ROW_BYTES; };
       u32 kf[PREFETCH + 1][4];
@@ -289,7 +290,8 @@ struct pat_decode {
     // Stage: epilogue. Drain the pipeline; the ring becomes per-warp fp32 partial results.
     cp_async_wait<0>();
     __syncthreads();
-    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);  // [warps][WARP_ROWS][D]
+    // [warps][WARP_ROWS][D] outputs, then [warps][WARP_ROWS] row maxima and sums
+    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);
     float *sM = sO + WARPS * WARP_ROWS * D;  // [warps][WARP_ROWS]
     float *sL = sM + WARPS * WARP_ROWS;      // [warps][WARP_ROWS]
 #pragma unroll
