@@ -1,0 +1,311 @@
+// wgmma_probe.cu: a forward kernel for the large tiles on wgmma (sm_90a), checked against a
+// CPU reference and timed, outside the generator and runtime (nvcc, no JIT). One CTA runs
+// one (pack, kv head) like templates/device/decode.cuh, with WG warpgroups of 64 rows each:
+// S = Q K^T with Q and K read by the tensor cores from shared memory (m64n64k16), the online
+// softmax on the accumulators, then O += P V with P from registers and V from shared memory
+// (m64n128k16, V transposed). Every pack is one split: the output is written directly.
+// Build: nvcc -std=c++17 -O2 -arch=sm_90a -Ibuild/probe -Ibench/wgmma bench/wgmma/wgmma_probe.cu
+// Run:   wgmma_probe QUERIES LEN KV_HEADS QUERIES_PER_PACK [TIMED]
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <vector>
+#include <algorithm>
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include "pat/params.h"
+#include "wgmma.cuh"
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
+  fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
+
+#ifndef P_G
+#define P_G 8  // q heads per kv head
+#endif
+#ifndef P_WG
+#define P_WG 2  // warpgroups: 64 rows each
+#endif
+#ifndef P_S
+#define P_S 3  // K/V stages
+#endif
+
+constexpr int D = 128, PAGE = 32, G = P_G, WG = P_WG, M = 64 * WG, N = 64, STAGES = P_S;
+constexpr int THREADS = 128 * WG, CHUNKS = D / 8;
+constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // one K (or V) tile
+constexpr int PAGE_WINDOW = 256;
+// Q, then the K/V ring (1 KiB-aligned for the swizzle atoms), then the page-id window.
+constexpr int SMEM_BYTES = Q_BYTES + STAGES * 2 * KV_BYTES + PAGE_WINDOW * 4;
+
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_params p)
+{
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const pat_pack pk = p.packs[blockIdx.x];
+  if (pk.num_queries == 0) return;
+  const int kvh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wg = warp >> 2, wr = warp & 3;  // warpgroup; warp within it (16 rows each)
+  const int rows = pk.num_queries * G;
+  const u32 sQ = smem_u32(smem), ring = sQ + Q_BYTES;
+  int *s_pages = reinterpret_cast<int *>(smem + Q_BYTES + STAGES * 2 * KV_BYTES);
+  const u16 *q = static_cast<const u16 *>(p.q);
+  const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
+  const int kv_len = pk.kv_len;
+  const int *pages = p.pages + pk.page_begin;
+  const int npages = (kv_len + PAGE - 1) / PAGE;
+  for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
+  for (int i = tid; i < M * CHUNKS; i += THREADS) {
+    const int r = i / CHUNKS, c = i % CHUNKS;
+    const u16 *src = q;
+    int bytes = 0;
+    if (r < rows) {
+      const int query = p.pack_queries[pk.query_begin + r / G].query;
+      src = q + query * p.q_stride + (kvh * G + r % G) * D + c * 8;
+      bytes = 16;
+    }
+    cp_async16(sQ + sw128(r, c, M), src, bytes);
+  }
+  const long long page_elems = (long long)PAGE * p.kv_heads * D;
+  auto load_kv = [&](int slot, int step) {
+    const u32 sK = ring + slot * 2 * KV_BYTES, sV = sK + KV_BYTES;
+    for (int i = tid; i < N * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = i % CHUNKS, t = step * N + r;
+      const u16 *src_k = kc, *src_v = vc;
+      int bytes = 0;
+      if (t < kv_len) {
+        const int pi = t / PAGE, page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
+        const long long off = page * page_elems + ((t % PAGE) * p.kv_heads + kvh) * D + c * 8;
+        src_k = kc + off;
+        src_v = vc + off;
+        bytes = 16;
+      }
+      cp_async16(sK + sw128(r, c, N), src_k, bytes);
+      cp_async16(sV + sw128(r, c, N), src_v, bytes);
+    }
+  };
+  __syncthreads();
+  const int steps = (kv_len + N - 1) / N;
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < steps) load_kv(s, s);
+    cp_async_commit();
+  }
+
+  float o[64];  // O: 64 rows x 128 dims over the warpgroup; n8 block j in o[4j .. 4j+3]
+  for (int i = 0; i < 64; i++) o[i] = 0.f;
+  float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
+  const u32 qa = sQ + wg * 64 * 128;  // this warpgroup's 64 rows in each Q half
+
+  for (int it = 0; it < steps; it++) {
+    cp_async_wait<STAGES - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    const int next = it + STAGES - 1;
+    if (next < steps) load_kv(next % STAGES, next);
+    cp_async_commit();
+    const u32 sK = ring + (it % STAGES) * 2 * KV_BYTES, sV = sK + KV_BYTES;
+
+    // S = Q K^T: 8 k-slices of 16 dims; a slice is 32 bytes into a half's 128-byte rows.
+    float s[32];
+    for (int i = 0; i < 32; i++) s[i] = 0.f;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
+      wgmma_m64n64k16_ss(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024));
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(s);
+
+    // Online softmax: this thread holds rows lane/4 and lane/4 + 8 of its warp's 16.
+    const int tok0 = it * N + 2 * (lane & 3);
+    float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int j = 0; j < N / 8; j++)
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        if (tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
+        mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
+      }
+    float scale[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);
+      const float base = m_new == neg_inf() ? 0.f : m_new;
+      scale[h] = fast_exp2(row_max[h] - base);
+      row_max[h] = m_new;
+      row_sum[h] *= scale[h];
+      mx[h] = base;
+    }
+#pragma unroll
+    for (int j = 0; j < N / 8; j++)
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], p.scale_log2, -mx[x >> 1]));
+        row_sum[x >> 1] += s[4 * j + x];
+      }
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+      o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
+      o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
+    }
+    // P as the A fragments of 16-token slices (the m16n8k16 A layout, per warp).
+    u32 pa[N / 16][4];
+#pragma unroll
+    for (int kc2 = 0; kc2 < N / 16; kc2++) {
+      pa[kc2][0] = pat_fp16::pack(s[8 * kc2], s[8 * kc2 + 1]);
+      pa[kc2][1] = pat_fp16::pack(s[8 * kc2 + 2], s[8 * kc2 + 3]);
+      pa[kc2][2] = pat_fp16::pack(s[8 * kc2 + 4], s[8 * kc2 + 5]);
+      pa[kc2][3] = pat_fp16::pack(s[8 * kc2 + 6], s[8 * kc2 + 7]);
+    }
+    // O += P V: V is [tokens][dims], MN-major for this product; 16 tokens = 2 KiB of rows,
+    // the two 64-dim halves N x 128 bytes apart (leading byte offset), 8-token groups 1 KiB.
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kc2 = 0; kc2 < N / 16; kc2++)
+      wgmma_m64n128k16_rs(o, pa[kc2], wgmma_desc(sV + kc2 * 16 * 128, N * 128, 1024));
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_regs(o);
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+    row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    const int r = wg * 64 + wr * 16 + (lane >> 2) + 8 * h;
+    if (r >= rows) continue;
+    const float inv = 1.f / row_sum[h];
+    const pat_pack_query pq = p.pack_queries[pk.query_begin + r / G];
+    u16 *dst = static_cast<u16 *>(p.out) + pq.query * p.o_stride + (kvh * G + r % G) * D + 2 * (lane & 3);
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+      *reinterpret_cast<u32 *>(dst + 8 * j) = pat_fp16::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+  }
+}
+
+static float h2f(unsigned short h) { __half x; memcpy(&x, &h, 2); return __half2float(x); }
+static unsigned short f2h(float f) { __half x = __float2half(f); unsigned short h; memcpy(&h, &x, 2); return h; }
+
+int main(int argc, char **argv)
+{
+  int nq = argc > 1 ? atoi(argv[1]) : 256, len = argc > 2 ? atoi(argv[2]) : 1000;
+  int kvh = argc > 3 ? atoi(argv[3]) : 8, qpp = argc > 4 ? atoi(argv[4]) : M / G;
+  int timed = argc > 5 ? atoi(argv[5]) : 0;
+  if (qpp * G > M) { fprintf(stderr, "%d queries x GQA %d > %d rows\n", qpp, G, M); return 2; }
+  const int qh = kvh * G, ppq = (len + PAGE - 1) / PAGE, ngroups = (nq + qpp - 1) / qpp;
+  const int npages = ngroups * ppq;
+  srand(1234);
+  std::vector<int> perm(npages);
+  for (int i = 0; i < npages; i++) perm[i] = i;
+  for (int i = npages - 1; i > 0; i--) std::swap(perm[i], perm[rand() % (i + 1)]);
+  size_t kv_elems = (size_t)npages * PAGE * kvh * D;
+  std::vector<unsigned short> hq((size_t)nq * qh * D), hk(kv_elems), hv(kv_elems);
+  auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
+  for (auto &x : hq) x = f2h(rnd());
+  for (auto &x : hk) x = f2h(rnd());
+  for (auto &x : hv) x = f2h(rnd());
+  std::vector<pat_pack> packs;
+  std::vector<pat_pack_query> pq;
+  std::vector<int> pages;
+  for (int g = 0; g < ngroups; g++) {
+    int q0 = g * qpp, q1 = std::min(nq, q0 + qpp);
+    packs.push_back({(int)pq.size(), q1 - q0, (int)pages.size(), len});
+    for (int i = 0; i < ppq; i++) pages.push_back(perm[g * ppq + i]);
+    for (int qi = q0; qi < q1; qi++) pq.push_back({qi, -1});
+  }
+  std::vector<float> ref((size_t)nq * qh * D);
+  const float scale = 1.f / sqrtf((float)D);
+  for (int qi = 0; qi < nq; qi++) {
+    const int g = qi / qpp;
+    for (int h = 0; h < qh; h++) {
+      std::vector<double> sc(len), o(D, 0.0);
+      double mx = -1e300, l = 0;
+      for (int t = 0; t < len; t++) {
+        size_t off = (((size_t)perm[g * ppq + t / PAGE] * PAGE + t % PAGE) * kvh + h / G) * D;
+        double a = 0;
+        for (int d = 0; d < D; d++) a += (double)h2f(hq[((size_t)qi * qh + h) * D + d]) * h2f(hk[off + d]);
+        sc[t] = a * scale;
+        mx = std::max(mx, sc[t]);
+      }
+      for (int t = 0; t < len; t++) {
+        size_t off = (((size_t)perm[g * ppq + t / PAGE] * PAGE + t % PAGE) * kvh + h / G) * D;
+        double w = exp(sc[t] - mx);
+        l += w;
+        for (int d = 0; d < D; d++) o[d] += w * h2f(hv[off + d]);
+      }
+      for (int d = 0; d < D; d++) ref[((size_t)qi * qh + h) * D + d] = (float)(o[d] / l);
+    }
+  }
+  void *dq, *dk, *dv, *dout, *dpk, *dpq, *dpages;
+  CK(cudaMalloc(&dq, hq.size() * 2));
+  CK(cudaMalloc(&dk, kv_elems * 2));
+  CK(cudaMalloc(&dv, kv_elems * 2));
+  CK(cudaMalloc(&dout, hq.size() * 2));
+  CK(cudaMalloc(&dpk, packs.size() * sizeof(pat_pack)));
+  CK(cudaMalloc(&dpq, pq.size() * sizeof(pat_pack_query)));
+  CK(cudaMalloc(&dpages, pages.size() * 4));
+  CK(cudaMemcpy(dq, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dk, hk.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dpk, packs.data(), packs.size() * sizeof(pat_pack), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dpq, pq.data(), pq.size() * sizeof(pat_pack_query), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dpages, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemset(dout, 0xff, hq.size() * 2));  // NaN poison
+  pat_fwd_params p = {};
+  p.q = dq; p.k_cache = dk; p.v_cache = dv; p.out = dout;
+  p.packs = (const pat_pack *)dpk; p.pack_queries = (const pat_pack_query *)dpq; p.pages = (const int *)dpages;
+  p.q_stride = p.o_stride = (long long)qh * D;
+  p.q_heads = qh; p.kv_heads = kvh;
+  p.scale_log2 = scale * 1.4426950408889634f;
+  CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+  dim3 grid((unsigned)packs.size(), kvh);
+  fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
+  CK(cudaGetLastError());
+  CK(cudaDeviceSynchronize());
+  std::vector<unsigned short> hout(hq.size());
+  CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0, maxerr = 0;
+  size_t bad = 0;
+  for (size_t i = 0; i < hout.size(); i++) {
+    float x = h2f(hout[i]);
+    if (!std::isfinite(x)) { bad++; continue; }
+    double e = fabs(x - ref[i]);
+    maxerr = std::max(maxerr, e);
+    num += e * e;
+    den += (double)ref[i] * ref[i];
+  }
+  const double rel = sqrt(num / den);
+  const bool ok = rel < 5e-3 && bad == 0;
+  printf("wgmma probe G=%d M=%d N=%d S=%d nq=%d len=%d kvh=%d qpp=%d: rel_err=%.2e max_abs=%.2e "
+         "nonfinite=%zu %s\n", G, M, N, STAGES, nq, len, kvh, qpp, rel, maxerr, bad, ok ? "PASS" : "FAIL");
+  if (timed && ok) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 10; i++) fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
+    std::vector<float> ts;
+    for (int i = 0; i < 50; i++) {
+      CK(cudaEventRecord(e0));
+      fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
+      CK(cudaEventRecord(e1));
+      CK(cudaEventSynchronize(e1));
+      float ms;
+      CK(cudaEventElapsedTime(&ms, e0, e1));
+      ts.push_back(ms);
+    }
+    std::sort(ts.begin(), ts.end());
+    const double bytes = (double)npages * PAGE * kvh * D * 2 * 2 + hq.size() * 4.0;
+    const double flop = 4.0 * nq * qh * (double)len * D;
+    printf("  time median %.1f us, %.0f GB/s of unique KV+q+out, %.0f TFLOP/s\n", ts[25] * 1e3,
+           bytes / (ts[25] * 1e-3) / 1e9, flop / (ts[25] * 1e-3) / 1e12);
+  }
+  return ok ? 0 : 1;
+}
