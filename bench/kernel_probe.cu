@@ -1,18 +1,9 @@
 // kernel_probe.cu: checks and times the device headers directly (nvcc, no runtime, no JIT):
 // one query per pack, each query's KV cut into SPLITS packs, merge, against a CPU reference.
 // Build: nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe bench/kernel_probe.cu (see bench/probe.sh)
-#include <cstdio>
-#include <cstdlib>
-#include <cmath>
-#include <vector>
-#include <algorithm>
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
+#include "probe_host.h"
 #include "pat/decode.cuh"
 #include "pat/merge.cuh"
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
-  fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 #ifndef P_D
 #define P_D 128
@@ -61,9 +52,6 @@ extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_f
 }
 extern "C" __global__ void merge(const pat_merge_params p) { pat_merge_run<pat_fp16, P_D>(p); }
 
-static float h2f(unsigned short h) { __half x; memcpy(&x, &h, 2); return __half2float(x); }
-static unsigned short f2h(float f) { __half x = __float2half(f); unsigned short h; memcpy(&h, &x, 2); return h; }
-
 int main(int argc, char **argv)
 {
   int nq = argc > 1 ? atoi(argv[1]) : 64;       // queries
@@ -72,20 +60,12 @@ int main(int argc, char **argv)
   int kvh = argc > 4 ? atoi(argv[4]) : 8;
   int qpp = argc > 5 ? atoi(argv[5]) : 1;       // queries per pack (all share the same pages)
   int timed = argc > 6 ? atoi(argv[6]) : 0;
-  const int D = P_D, G = P_G, P = P_PAGE, qh = kvh * G;
-  int pages_per_q = (len + P - 1) / P;
-  int ngroups = (nq + qpp - 1) / qpp;             // query groups sharing pages
-  int npages = ngroups * pages_per_q;
-  srand(1234);
-  std::vector<int> perm(npages);
-  for (int i = 0; i < npages; i++) perm[i] = i;
-  for (int i = npages - 1; i > 0; i--) std::swap(perm[i], perm[rand() % (i + 1)]);
-  size_t kv_elems = (size_t)npages * P * kvh * D;
-  std::vector<unsigned short> hq((size_t)nq * qh * D), hk(kv_elems), hv(kv_elems);
-  auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
-  for (auto &x : hq) x = f2h(rnd());
-  for (auto &x : hk) x = f2h(rnd());
-  for (auto &x : hv) x = f2h(rnd());
+  const int D = P_D, P = P_PAGE, qh = kvh * P_G;
+  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, P_G, P);
+  const int pages_per_q = in.pages_per_q, ngroups = in.ngroups;
+  const std::vector<int> &perm = in.perm;
+  const std::vector<unsigned short> &hq = in.q;
+  const size_t kv_elems = in.k.size();
   // Packs: group g's queries share pages perm[g*ppq ...]; split in `splits` page-aligned chunks.
   std::vector<pat_pack> packs;
   std::vector<pat_pack_query> pq;
@@ -113,35 +93,8 @@ int main(int argc, char **argv)
       for (int q = q0; q < q1; q++) items.push_back({q, slot + (q - q0) * nsp, nsp});
     if (nsp > 1) slot += (q1 - q0) * nsp;
   }
-  // CPU reference (fp32 over the fp16 inputs).
-  std::vector<float> ref((size_t)nq * qh * D);
-  float scale = 1.f / sqrtf((float)D);
-  for (int q = 0; q < nq; q++) {
-    int g = q / qpp;
-    for (int h = 0; h < qh; h++) {
-      int kh = h / G;
-      std::vector<double> sc(len);
-      double mx = -1e300;
-      for (int t = 0; t < len; t++) {
-        int page = perm[g * pages_per_q + t / P];
-        size_t off = (((size_t)page * P + t % P) * kvh + kh) * D;
-        double a = 0;
-        for (int d = 0; d < D; d++) a += (double)h2f(hq[((size_t)q * qh + h) * D + d]) * h2f(hk[off + d]);
-        sc[t] = a * scale;
-        mx = std::max(mx, sc[t]);
-      }
-      double l = 0;
-      std::vector<double> o(D, 0.0);
-      for (int t = 0; t < len; t++) {
-        double w = exp(sc[t] - mx);
-        l += w;
-        int page = perm[g * pages_per_q + t / P];
-        size_t off = (((size_t)page * P + t % P) * kvh + kh) * D;
-        for (int d = 0; d < D; d++) o[d] += w * h2f(hv[off + d]);
-      }
-      for (int d = 0; d < D; d++) ref[((size_t)q * qh + h) * D + d] = (float)(o[d] / l);
-    }
-  }
+  const std::vector<float> ref = probe_reference(in);
+  const float scale = 1.f / sqrtf((float)D);
   void *dq, *dk, *dv, *dout, *dpk, *dpq, *dpages, *ditems;
   void *dpo;  // partial outputs in the element type (2 bytes)
   float *dlse;
@@ -156,8 +109,8 @@ int main(int argc, char **argv)
   CK(cudaMalloc(&dpo, std::max(1, slot) * (size_t)qh * D * 2));
   CK(cudaMalloc(&dlse, std::max(1, slot) * (size_t)qh * 4));
   CK(cudaMemcpy(dq, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dk, hk.data(), kv_elems * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dk, in.k.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dv, in.v.data(), kv_elems * 2, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpk, packs.data(), packs.size() * sizeof(pat_pack), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpq, pq.data(), pq.size() * sizeof(pat_pack_query), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpages, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice));
@@ -180,40 +133,10 @@ int main(int argc, char **argv)
   CK(cudaDeviceSynchronize());
   std::vector<unsigned short> hout(hq.size());
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0, maxerr = 0;
-  size_t bad = 0;
-  for (size_t i = 0; i < hout.size(); i++) {
-    float x = h2f(hout[i]);
-    if (!std::isfinite(x)) { bad++; continue; }
-    double e = fabs(x - ref[i]);
-    maxerr = std::max(maxerr, e);
-    num += e * e;
-    den += (double)ref[i] * ref[i];
-  }
-  double rel = sqrt(num / den);
+  const probe_check c = probe_compare(hout, ref);
   printf("probe D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", D, G, P_M, P_WM, P_N, P_W, P_S, P, nq, len, splits,
-         kvh, qpp, rel, maxerr, bad, (rel < 5e-3 && bad == 0) ? "PASS" : "FAIL");
-  if (timed) {
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 10; i++) launch();
-    std::vector<float> ts;
-    for (int i = 0; i < 50; i++) {
-      CK(cudaEventRecord(e0));
-      launch();
-      CK(cudaEventRecord(e1));
-      CK(cudaEventSynchronize(e1));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, e0, e1));
-      ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    double bytes = (double)npages * P * kvh * D * 2 * 2 + hq.size() * 4.0;
-    double flop = 4.0 * nq * qh * (double)len * D;
-    printf("  time median %.1f us, %.0f GB/s of unique KV+q+out, %.0f TFLOP/s\n", ts[25] * 1e3,
-           bytes / (ts[25] * 1e-3) / 1e9, flop / (ts[25] * 1e-3) / 1e12);
-  }
-  return (rel < 5e-3 && bad == 0) ? 0 : 1;
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", D, P_G, P_M, P_WM, P_N, P_W, P_S, P, nq, len, splits,
+         kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");
+  if (timed) probe_time(in, launch);
+  return c.ok ? 0 : 1;
 }

@@ -6,7 +6,7 @@
 set -u
 mkdir -p build/probe/pat build/wg
 cp templates/device/*.cuh build/probe/pat/ && cp templates/device/pat_params.h build/probe/pat/params.h
-nvcc -std=c++17 -O2 -gencode arch=compute_90a,code=sm_90a -Ibuild/probe -Ibench/wgmma \
+nvcc -std=c++17 -O2 -gencode arch=compute_90a,code=sm_90a -Ibuild/probe -Ibench -Ibench/wgmma \
   bench/wgmma/wgmma_probe.cu -o build/wg/wgmma_probe -Xptxas -v 2>&1 | grep -E 'error|registers|spill' &
 nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe -DP_G=8 -DP_M=128 -DP_W=8 -DP_N=64 -DP_S=2 \
   bench/kernel_probe.cu -o build/wg/mma_probe 2>&1 | grep -E 'error' &

@@ -4,20 +4,12 @@
 // S = Q K^T with Q and K read by the tensor cores from shared memory (m64n64k16), the online
 // softmax on the accumulators, then O += P V with P from registers and V from shared memory
 // (m64n128k16, V transposed). Every pack is one split: the output is written directly.
-// Build: nvcc -std=c++17 -O2 -arch=sm_90a -Ibuild/probe -Ibench/wgmma bench/wgmma/wgmma_probe.cu
+// Build: bench/wgmma/run.sh (nvcc -gencode arch=compute_90a,code=sm_90a -Ibuild/probe -Ibench
+//        -Ibench/wgmma; build/probe holds the device headers as pat/*, see run.sh)
 // Run:   wgmma_probe QUERIES LEN KV_HEADS QUERIES_PER_PACK [TIMED]
-#include <cstdio>
-#include <cstdlib>
-#include <cmath>
-#include <vector>
-#include <algorithm>
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
+#include "probe_host.h"
 #include "pat/params.h"
 #include "wgmma.cuh"
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
-  fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
 
 #ifndef P_G
 #define P_G 8  // q heads per kv head
@@ -191,121 +183,57 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_param
   }
 }
 
-static float h2f(unsigned short h) { __half x; memcpy(&x, &h, 2); return __half2float(x); }
-static unsigned short f2h(float f) { __half x = __float2half(f); unsigned short h; memcpy(&h, &x, 2); return h; }
-
 int main(int argc, char **argv)
 {
   int nq = argc > 1 ? atoi(argv[1]) : 256, len = argc > 2 ? atoi(argv[2]) : 1000;
   int kvh = argc > 3 ? atoi(argv[3]) : 8, qpp = argc > 4 ? atoi(argv[4]) : M / G;
   int timed = argc > 5 ? atoi(argv[5]) : 0;
   if (qpp * G > M) { fprintf(stderr, "%d queries x GQA %d > %d rows\n", qpp, G, M); return 2; }
-  const int qh = kvh * G, ppq = (len + PAGE - 1) / PAGE, ngroups = (nq + qpp - 1) / qpp;
-  const int npages = ngroups * ppq;
-  srand(1234);
-  std::vector<int> perm(npages);
-  for (int i = 0; i < npages; i++) perm[i] = i;
-  for (int i = npages - 1; i > 0; i--) std::swap(perm[i], perm[rand() % (i + 1)]);
-  size_t kv_elems = (size_t)npages * PAGE * kvh * D;
-  std::vector<unsigned short> hq((size_t)nq * qh * D), hk(kv_elems), hv(kv_elems);
-  auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
-  for (auto &x : hq) x = f2h(rnd());
-  for (auto &x : hk) x = f2h(rnd());
-  for (auto &x : hv) x = f2h(rnd());
+  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, G, PAGE);
+  const int qh = in.qh;
   std::vector<pat_pack> packs;
   std::vector<pat_pack_query> pq;
   std::vector<int> pages;
-  for (int g = 0; g < ngroups; g++) {
+  for (int g = 0; g < in.ngroups; g++) {
     int q0 = g * qpp, q1 = std::min(nq, q0 + qpp);
     packs.push_back({(int)pq.size(), q1 - q0, (int)pages.size(), len});
-    for (int i = 0; i < ppq; i++) pages.push_back(perm[g * ppq + i]);
+    for (int i = 0; i < in.pages_per_q; i++) pages.push_back(in.perm[g * in.pages_per_q + i]);
     for (int qi = q0; qi < q1; qi++) pq.push_back({qi, -1});
   }
-  std::vector<float> ref((size_t)nq * qh * D);
-  const float scale = 1.f / sqrtf((float)D);
-  for (int qi = 0; qi < nq; qi++) {
-    const int g = qi / qpp;
-    for (int h = 0; h < qh; h++) {
-      std::vector<double> sc(len), o(D, 0.0);
-      double mx = -1e300, l = 0;
-      for (int t = 0; t < len; t++) {
-        size_t off = (((size_t)perm[g * ppq + t / PAGE] * PAGE + t % PAGE) * kvh + h / G) * D;
-        double a = 0;
-        for (int d = 0; d < D; d++) a += (double)h2f(hq[((size_t)qi * qh + h) * D + d]) * h2f(hk[off + d]);
-        sc[t] = a * scale;
-        mx = std::max(mx, sc[t]);
-      }
-      for (int t = 0; t < len; t++) {
-        size_t off = (((size_t)perm[g * ppq + t / PAGE] * PAGE + t % PAGE) * kvh + h / G) * D;
-        double w = exp(sc[t] - mx);
-        l += w;
-        for (int d = 0; d < D; d++) o[d] += w * h2f(hv[off + d]);
-      }
-      for (int d = 0; d < D; d++) ref[((size_t)qi * qh + h) * D + d] = (float)(o[d] / l);
-    }
-  }
+  const std::vector<float> ref = probe_reference(in);
   void *dq, *dk, *dv, *dout, *dpk, *dpq, *dpages;
-  CK(cudaMalloc(&dq, hq.size() * 2));
-  CK(cudaMalloc(&dk, kv_elems * 2));
-  CK(cudaMalloc(&dv, kv_elems * 2));
-  CK(cudaMalloc(&dout, hq.size() * 2));
+  CK(cudaMalloc(&dq, in.q.size() * 2));
+  CK(cudaMalloc(&dk, in.k.size() * 2));
+  CK(cudaMalloc(&dv, in.v.size() * 2));
+  CK(cudaMalloc(&dout, in.q.size() * 2));
   CK(cudaMalloc(&dpk, packs.size() * sizeof(pat_pack)));
   CK(cudaMalloc(&dpq, pq.size() * sizeof(pat_pack_query)));
   CK(cudaMalloc(&dpages, pages.size() * 4));
-  CK(cudaMemcpy(dq, hq.data(), hq.size() * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dk, hk.data(), kv_elems * 2, cudaMemcpyHostToDevice));
-  CK(cudaMemcpy(dv, hv.data(), kv_elems * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dq, in.q.data(), in.q.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dk, in.k.data(), in.k.size() * 2, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dv, in.v.data(), in.v.size() * 2, cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpk, packs.data(), packs.size() * sizeof(pat_pack), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpq, pq.data(), pq.size() * sizeof(pat_pack_query), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(dpages, pages.data(), pages.size() * 4, cudaMemcpyHostToDevice));
-  CK(cudaMemset(dout, 0xff, hq.size() * 2));  // NaN poison
+  CK(cudaMemset(dout, 0xff, in.q.size() * 2));  // NaN poison
   pat_fwd_params p = {};
   p.q = dq; p.k_cache = dk; p.v_cache = dv; p.out = dout;
   p.packs = (const pat_pack *)dpk; p.pack_queries = (const pat_pack_query *)dpq; p.pages = (const int *)dpages;
   p.q_stride = p.o_stride = (long long)qh * D;
   p.q_heads = qh; p.kv_heads = kvh;
-  p.scale_log2 = scale * 1.4426950408889634f;
+  p.scale_log2 = 1.f / sqrtf((float)D) * 1.4426950408889634f;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
-  dim3 grid((unsigned)packs.size(), kvh);
-  fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
+  const dim3 grid((unsigned)packs.size(), kvh);
+  auto launch = [&] { fwd<<<grid, THREADS, SMEM_BYTES>>>(p); };
+  launch();
   CK(cudaGetLastError());
   CK(cudaDeviceSynchronize());
-  std::vector<unsigned short> hout(hq.size());
+  std::vector<unsigned short> hout(in.q.size());
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0, maxerr = 0;
-  size_t bad = 0;
-  for (size_t i = 0; i < hout.size(); i++) {
-    float x = h2f(hout[i]);
-    if (!std::isfinite(x)) { bad++; continue; }
-    double e = fabs(x - ref[i]);
-    maxerr = std::max(maxerr, e);
-    num += e * e;
-    den += (double)ref[i] * ref[i];
-  }
-  const double rel = sqrt(num / den);
-  const bool ok = rel < 5e-3 && bad == 0;
+  const probe_check c = probe_compare(hout, ref);
   printf("wgmma probe G=%d M=%d N=%d S=%d nq=%d len=%d kvh=%d qpp=%d: rel_err=%.2e max_abs=%.2e "
-         "nonfinite=%zu %s\n", G, M, N, STAGES, nq, len, kvh, qpp, rel, maxerr, bad, ok ? "PASS" : "FAIL");
-  if (timed && ok) {
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 10; i++) fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
-    std::vector<float> ts;
-    for (int i = 0; i < 50; i++) {
-      CK(cudaEventRecord(e0));
-      fwd<<<grid, THREADS, SMEM_BYTES>>>(p);
-      CK(cudaEventRecord(e1));
-      CK(cudaEventSynchronize(e1));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, e0, e1));
-      ts.push_back(ms);
-    }
-    std::sort(ts.begin(), ts.end());
-    const double bytes = (double)npages * PAGE * kvh * D * 2 * 2 + hq.size() * 4.0;
-    const double flop = 4.0 * nq * qh * (double)len * D;
-    printf("  time median %.1f us, %.0f GB/s of unique KV+q+out, %.0f TFLOP/s\n", ts[25] * 1e3,
-           bytes / (ts[25] * 1e-3) / 1e9, flop / (ts[25] * 1e-3) / 1e12);
-  }
-  return ok ? 0 : 1;
+         "nonfinite=%zu %s\n", G, M, N, STAGES, nq, len, kvh, qpp, c.rel, c.max_abs, c.nonfinite,
+         c.ok ? "PASS" : "FAIL");
+  if (timed && c.ok) probe_time(in, launch);
+  return c.ok ? 0 : 1;
 }
