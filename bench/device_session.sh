@@ -10,6 +10,7 @@
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
 #             then the tile-variant sweep of bench/probe_sweep.sh
+#   wgmma     the wgmma probe against the mma.sync m128 probe (bench/wgmma/run.sh)
 #   variants  the tile-variant sweep, then patbench on the default spec and on copies of it
 #             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
 set -u -o pipefail
@@ -104,6 +105,9 @@ ab)
     ITERS=100 ab_trees 2>&1 | tee "$out/ab-trees-$tag.log"
   timeout 200 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/ab-sweep-$tag.log"
   ;;
+wgmma)
+  timeout 300 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
+  ;;
 variants)
   timeout 150 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/variants-sweep-$tag.log"
   mkdir -p build/variants
@@ -134,5 +138,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|variants|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|wgmma|variants|final|tune"; exit 2 ;;
 esac
