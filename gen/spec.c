@@ -528,14 +528,23 @@ static int check_tiles(const parse_ctx *c, const pat_spec *s, const yaml_node_t 
   return 0;
 }
 
+/* The document's root node in *root when it is a mapping; else -1 with a message. */
+static int root_mapping(const parse_ctx *c, const yaml_node_t **root)
+{
+  *root = yaml_document_get_root_node(c->doc);
+  if (!*root)
+    return fail_at(c, 1, 1, "expected a mapping at the top level, got an empty document");
+  if ((*root)->type != YAML_MAPPING_NODE)
+    return fail_type(c, *root, "top level", "a mapping");
+  return 0;
+}
+
 /* Reads the root mapping of a loaded document into *s (which holds the defaults). */
 static int parse_root(const parse_ctx *c, pat_spec *s)
 {
-  const yaml_node_t *root = yaml_document_get_root_node(c->doc);
-  if (!root)
-    return fail_at(c, 1, 1, "expected a mapping at the top level, got an empty document");
-  if (root->type != YAML_MAPPING_NODE)
-    return fail_type(c, root, "top level", "a mapping");
+  const yaml_node_t *root;
+  if (root_mapping(c, &root))
+    return -1;
   int have_name = 0;
   for (int i = 0; i < mapping_size(root); i++) {
     int which = 0;
@@ -775,11 +784,9 @@ static int tuning_root(const parse_ctx *c, void *tmp)
   pat_tuning *t = tmp;
   memset(t, 0, sizeof *t);
   copy_str(t->path, sizeof t->path, c->file);
-  const yaml_node_t *root = yaml_document_get_root_node(c->doc);
-  if (!root)
-    return fail_at(c, 1, 1, "expected a mapping at the top level, got an empty document");
-  if (root->type != YAML_MAPPING_NODE)
-    return fail_type(c, root, "top level", "a mapping");
+  const yaml_node_t *root;
+  if (root_mapping(c, &root))
+    return -1;
   int have_spec = 0;
   for (int i = 0; i < mapping_size(root); i++) {
     int which = 0;

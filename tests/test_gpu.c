@@ -64,6 +64,15 @@ static pat_context *open_ctx_mode(const char *spec_path, int lazy)
 
 static pat_context *open_ctx(const char *spec_path) { return open_ctx_mode(spec_path, 0); }
 
+/* A tree of the patgen notation, its page order shuffled by seed; the test fails on a bad tree. */
+static pat_workload parse_tree(const char *tree, int page, uint64_t seed)
+{
+  pat_workload w;
+  char err[512];
+  cr_assert_eq(pat_tree_parse(tree, page, seed, &w, err, sizeof err), 0, "%s: %s", tree, err);
+  return w;
+}
+
 /* Runs one workload in both modes and checks it; returns the number of checks made. */
 static int check_workload(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
                           double tol, const char *what, int max_check)
@@ -176,9 +185,7 @@ Test(gpu, paper_trees_all_heads, .timeout = 1200)
   pat_context *ctx = open_ctx("specs/paper.yaml");
   static const int heads[][2] = {{32, 32}, {16, 8}, {32, 8}, {64, 8}};
   for (int i = 0; i < PAT_NUM_PAPER_TREES; i++) {
-    pat_workload w;
-    char err[512];
-    cr_assert_eq(pat_tree_parse(pat_paper_trees[i], 32, 5 + i, &w, err, sizeof err), 0, "%s", err);
+    pat_workload w = parse_tree(pat_paper_trees[i], 32, 5 + (uint64_t)i);
     for (int c = 0; c < 4; c++) {
       char what[160];
       snprintf(what, sizeof what, "%s %d/%d", pat_paper_trees[i], heads[c][0], heads[c][1]);
@@ -196,9 +203,7 @@ Test(gpu, two_contexts_side_by_side, .timeout = 600)
   skip_without_gpu();
   pat_context *a = open_ctx("specs/llama3_8b.yaml");
   pat_context *b = open_ctx_mode("specs/qwen2_7b_bf16.yaml", 1);
-  pat_workload w;
-  char err[512];
-  cr_assert_eq(pat_tree_parse("1,8_512,100", 16, 3, &w, err, sizeof err), 0, "%s", err);
+  pat_workload w = parse_tree("1,8_512,100", 16, 3);
   check_workload(a, &w, 32, 8, TOL_FP16, "llama3_8b", 0);
   check_workload(b, &w, 28, 4, TOL_BF16, "qwen2_7b_bf16", 0);
   check_workload(a, &w, 32, 8, TOL_FP16, "llama3_8b again", 0);
@@ -259,9 +264,7 @@ Test(gpu, long_pack_beyond_page_window, .timeout = 300)
   skip_without_gpu();
   pat_context *ctx = open_ctx(write_spec_text(
       "one_split", ONE_TILE_P16 "split: {min_kv_per_split: 16384, max_splits: 1, ctas_per_sm: 1}\n"));
-  pat_workload w;
-  char err[512];
-  cr_assert_eq(pat_tree_parse("2_10000", 16, 9, &w, err, sizeof err), 0, "%s", err);
+  pat_workload w = parse_tree("2_10000", 16, 9);
   check_workload(ctx, &w, 32, 8, TOL_FP16, "10000-token packs", 0);
   pat_workload_free(&w);
   pat_context_destroy(ctx);
@@ -273,9 +276,8 @@ Test(gpu, merge_of_many_splits, .timeout = 300)
   skip_without_gpu();
   pat_context *ctx = open_ctx(write_spec_text(
       "many_splits", ONE_TILE_P16 "split: {min_kv_per_split: 16, max_splits: 64, ctas_per_sm: 4}\n"));
-  pat_workload w;
+  pat_workload w = parse_tree("2_2000", 16, 21);
   char err[4096];
-  cr_assert_eq(pat_tree_parse("2_2000", 16, 21, &w, err, sizeof err), 0, "%s", err);
   harness *h = harness_create(ctx, &w, 8, 2, 5, err, sizeof err);
   cr_assert_not_null(h, "%s", err);
   harness_result r;
@@ -325,9 +327,7 @@ Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
       cr_assert_eq(si.num_tiles, 2);
     }
     /* 4 queries x GQA 8 = 32 rows share 512 tokens: the packs the table sends to m32n32. */
-    pat_workload w;
-    char err[512];
-    cr_assert_eq(pat_tree_parse("2,8_512,40", 32, 17, &w, err, sizeof err), 0, "%s", err);
+    pat_workload w = parse_tree("2,8_512,40", 32, 17);
     check_workload(ctx, &w, 16, 2, TOL_FP16, k ? "tuning table, other GPU" : "tuning table applied", 0);
     pat_workload_free(&w);
     pat_context_destroy(ctx);
