@@ -60,8 +60,9 @@ int main(int argc, char **argv)
   int kvh = argc > 4 ? atoi(argv[4]) : 8;
   int qpp = argc > 5 ? atoi(argv[5]) : 1;       // queries per pack (all share the same pages)
   int timed = argc > 6 ? atoi(argv[6]) : 0;
+  const bool all_share = argc > 7 && atoi(argv[7]);  // every pack reads the same pages
   const int D = P_D, P = P_PAGE, qh = kvh * P_G;
-  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, P_G, P);
+  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, P_G, P, all_share);
   const int pages_per_q = in.pages_per_q, ngroups = in.ngroups;
   const std::vector<int> &perm = in.perm;
   const std::vector<unsigned short> &hq = in.q;

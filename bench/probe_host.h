@@ -8,6 +8,7 @@
 #include <cmath>
 #include <vector>
 #include <algorithm>
+#include <thread>
 #include <cuda_runtime.h>
 #include <cuda_fp16.h>
 
@@ -18,7 +19,8 @@ static float h2f(unsigned short h) { __half x; memcpy(&x, &h, 2); return __half2
 static unsigned short f2h(float f) { __half x = __float2half(f); unsigned short h; memcpy(&h, &x, 2); return h; }
 
 // nq queries in groups of qpp that share len tokens of pages; group g's pages are
-// perm[g * pages_per_q ...], the page order shuffled as a real cache has it.
+// perm[g * pages_per_q ...], the page order shuffled as a real cache has it. With all_share,
+// every group reads the same pages (one prefix under all queries: the FLOP-bound case).
 struct probe_inputs {
   int nq, len, kvh, qpp, D, G, page, qh, pages_per_q, ngroups, npages;
   std::vector<int> perm;
@@ -26,18 +28,21 @@ struct probe_inputs {
 };
 
 // Fresh random inputs in [-1, 1] (seed 1234: every probe build sees the same data).
-static probe_inputs probe_make_inputs(int nq, int len, int kvh, int qpp, int D, int G, int page)
+static probe_inputs probe_make_inputs(int nq, int len, int kvh, int qpp, int D, int G, int page,
+                                      bool all_share = false)
 {
   probe_inputs in;
   in.nq = nq; in.len = len; in.kvh = kvh; in.qpp = qpp; in.D = D; in.G = G; in.page = page;
   in.qh = kvh * G;
   in.pages_per_q = (len + page - 1) / page;
   in.ngroups = (nq + qpp - 1) / qpp;
-  in.npages = in.ngroups * in.pages_per_q;
+  in.npages = (all_share ? 1 : in.ngroups) * in.pages_per_q;
   srand(1234);
   in.perm.resize(in.npages);
   for (int i = 0; i < in.npages; i++) in.perm[i] = i;
   for (int i = in.npages - 1; i > 0; i--) std::swap(in.perm[i], in.perm[rand() % (i + 1)]);
+  for (int g = 1; all_share && g < in.ngroups; g++)
+    in.perm.insert(in.perm.end(), in.perm.begin(), in.perm.begin() + in.pages_per_q);
   const size_t kv_elems = (size_t)in.npages * page * kvh * D;
   in.q.resize((size_t)nq * in.qh * D);
   in.k.resize(kv_elems);
@@ -49,35 +54,48 @@ static probe_inputs probe_make_inputs(int nq, int len, int kvh, int qpp, int D, 
   return in;
 }
 
-// Attention of every query and head over its group's len tokens, fp64, softmax scale 1/sqrt(D).
+// Attention of every query and head over its group's len tokens, fp64 sums over the fp16
+// inputs, softmax scale 1/sqrt(D). Queries are spread over the host's cores: the large probe
+// workloads take minutes on one.
 static std::vector<float> probe_reference(const probe_inputs &in)
 {
   const int D = in.D;
-  std::vector<float> ref((size_t)in.nq * in.qh * D);
+  std::vector<float> ref((size_t)in.nq * in.qh * D), qf(in.q.size()), kf(in.k.size()), vf(in.v.size());
+  for (size_t i = 0; i < qf.size(); i++) qf[i] = h2f(in.q[i]);
+  for (size_t i = 0; i < kf.size(); i++) kf[i] = h2f(in.k[i]);
+  for (size_t i = 0; i < vf.size(); i++) vf[i] = h2f(in.v[i]);
   const double scale = 1.0 / sqrt((double)D);
-  std::vector<double> sc(in.len), o(D);
-  for (int qi = 0; qi < in.nq; qi++) {
+  auto one_query = [&](int qi) {
+    std::vector<double> sc(in.len), o(D);
     const int g = qi / in.qpp;
     for (int h = 0; h < in.qh; h++) {
       auto kv_at = [&](int t) {
         return (((size_t)in.perm[g * in.pages_per_q + t / in.page] * in.page + t % in.page) * in.kvh + h / in.G) * D;
       };
+      const float *qv = &qf[((size_t)qi * in.qh + h) * D];
       double mx = -1e300, l = 0;
       for (int t = 0; t < in.len; t++) {
+        const float *kv = &kf[kv_at(t)];
         double a = 0;
-        for (int d = 0; d < D; d++) a += (double)h2f(in.q[((size_t)qi * in.qh + h) * D + d]) * h2f(in.k[kv_at(t) + d]);
+        for (int d = 0; d < D; d++) a += (double)qv[d] * kv[d];
         sc[t] = a * scale;
         mx = std::max(mx, sc[t]);
       }
       std::fill(o.begin(), o.end(), 0.0);
       for (int t = 0; t < in.len; t++) {
         const double w = exp(sc[t] - mx);
+        const float *vv = &vf[kv_at(t)];
         l += w;
-        for (int d = 0; d < D; d++) o[d] += w * h2f(in.v[kv_at(t) + d]);
+        for (int d = 0; d < D; d++) o[d] += w * vv[d];
       }
       for (int d = 0; d < D; d++) ref[((size_t)qi * in.qh + h) * D + d] = (float)(o[d] / l);
     }
-  }
+  };
+  const int nthreads = std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < nthreads; t++)
+    pool.emplace_back([&, t] { for (int qi = t; qi < in.nq; qi += nthreads) one_query(qi); });
+  for (auto &th : pool) th.join();
   return ref;
 }
 

@@ -6,7 +6,7 @@
 // (m64n128k16, V transposed). Every pack is one split: the output is written directly.
 // Build: bench/wgmma/run.sh (nvcc -gencode arch=compute_90a,code=sm_90a -Ibuild/probe -Ibench
 //        -Ibench/wgmma; build/probe holds the device headers as pat/*, see run.sh)
-// Run:   wgmma_probe QUERIES LEN KV_HEADS QUERIES_PER_PACK [TIMED]
+// Run:   wgmma_probe QUERIES LEN KV_HEADS QUERIES_PER_PACK [TIMED [ALL_SHARE]]
 #include "probe_host.h"
 #include "pat/params.h"
 #include "wgmma.cuh"
@@ -20,9 +20,22 @@
 #ifndef P_S
 #define P_S 3  // K/V stages
 #endif
+#ifndef P_N
+#define P_N 64  // tokens a step
+#endif
+#ifndef P_OVERLAP
+#define P_OVERLAP 1  // S of the next step and P V overlap the softmax
+#endif
+#ifndef P_DIAG
+#define P_DIAG 0  // 2: no K/V loads after the first stages (timing only; results wrong)
+#endif
 
-constexpr int D = 128, PAGE = 32, G = P_G, WG = P_WG, M = 64 * WG, N = 64, STAGES = P_S;
+constexpr int D = 128, PAGE = 32, G = P_G, WG = P_WG, M = 64 * WG, N = P_N, STAGES = P_S;
 constexpr int THREADS = 128 * WG, CHUNKS = D / 8;
+// K/V steps loaded ahead of the one being waited for: the overlapped loop holds two steps in
+// use (V of step it, K of step it + 1), the plain one one.
+constexpr int LOOKAHEAD = P_OVERLAP ? STAGES - 2 : STAGES - 1;
+static_assert(LOOKAHEAD >= 1, "too few K/V stages");
 constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // one K (or V) tile
 constexpr int PAGE_WINDOW = 256;
 // Q, then the K/V ring (1 KiB-aligned for the swizzle atoms), then the page-id window.
@@ -77,7 +90,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_param
   };
   __syncthreads();
   const int steps = (kv_len + N - 1) / N;
-  for (int s = 0; s < STAGES - 1; s++) {
+  for (int s = 0; s < LOOKAHEAD; s++) {
     if (s < steps) load_kv(s, s);
     cp_async_commit();
   }
@@ -86,31 +99,38 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_param
   for (int i = 0; i < 64; i++) o[i] = 0.f;
   float row_max[2] = {neg_inf(), neg_inf()}, row_sum[2] = {0.f, 0.f};
   const u32 qa = sQ + wg * 64 * 128;  // this warpgroup's 64 rows in each Q half
+  float s[N / 2];                     // S of one step: n8 block j in s[4j .. 4j+3]
+  u32 pa[2][N / 16][4];  // P of a step as m16n8k16 A fragments, per warp; two: P V of one
+                         // step still reads its P while the next step's is written
+  float scale[2];
 
-  for (int it = 0; it < steps; it++) {
-    cp_async_wait<STAGES - 2>();
-    fence_proxy_async();
-    __syncthreads();
-    const int next = it + STAGES - 1;
-    if (next < steps) load_kv(next % STAGES, next);
-    cp_async_commit();
-    const u32 sK = ring + (it % STAGES) * 2 * KV_BYTES, sV = sK + KV_BYTES;
-
-    // S = Q K^T: 8 k-slices of 16 dims; a slice is 32 bytes into a half's 128-byte rows.
-    float s[32];
-    for (int i = 0; i < 32; i++) s[i] = 0.f;
+  // S = Q K^T, issued (not waited for): 8 k-slices of 16 dims, a slice 32 bytes into a
+  // half's 128-byte rows.
+  auto issue_s = [&](int slot) {
+    const u32 sK = ring + slot * 2 * KV_BYTES;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
       const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
-      wgmma_m64n64k16_ss(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024));
+      wgmma_ss(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
     }
     wgmma_commit();
-    wgmma_wait<0>();
-    fence_regs(s);
-
-    // Online softmax: this thread holds rows lane/4 and lane/4 + 8 of its warp's 16.
-    const int tok0 = it * N + 2 * (lane & 3);
+  };
+  // O += P V: V is [tokens][dims], MN-major for this product; 16 tokens = 2 KiB of rows,
+  // the two 64-dim halves N x 128 bytes apart (leading byte offset), 8-token groups 1 KiB.
+  auto issue_pv = [&](int slot, const u32 (&pv)[N / 16][4]) {
+    const u32 sV = ring + slot * 2 * KV_BYTES + KV_BYTES;
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < N / 16; kc++)
+      wgmma_m64n128k16_rs(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
+    wgmma_commit();
+  };
+  // Online softmax of step `step` on s (this thread holds rows lane/4 and lane/4 + 8 of its
+  // warp's 16): new row max and sum, the factor O must be scaled by (scale), P into pa.
+  auto softmax = [&](int step, u32 (&pout)[N / 16][4]) {
+    const int tok0 = step * N + 2 * (lane & 3);
     float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int j = 0; j < N / 8; j++)
@@ -119,7 +139,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_param
         if (tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
         mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
       }
-    float scale[2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
@@ -139,30 +158,74 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) fwd(const pat_fwd_param
         row_sum[x >> 1] += s[4 * j + x];
       }
 #pragma unroll
+    for (int kc = 0; kc < N / 16; kc++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) pout[kc][r] = pat_fp16::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
+  };
+  auto rescale_o = [&] {
+#pragma unroll
     for (int j = 0; j < 16; j++) {
       o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
       o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
     }
-    // P as the A fragments of 16-token slices (the m16n8k16 A layout, per warp).
-    u32 pa[N / 16][4];
-#pragma unroll
-    for (int kc2 = 0; kc2 < N / 16; kc2++) {
-      pa[kc2][0] = pat_fp16::pack(s[8 * kc2], s[8 * kc2 + 1]);
-      pa[kc2][1] = pat_fp16::pack(s[8 * kc2 + 2], s[8 * kc2 + 3]);
-      pa[kc2][2] = pat_fp16::pack(s[8 * kc2 + 4], s[8 * kc2 + 5]);
-      pa[kc2][3] = pat_fp16::pack(s[8 * kc2 + 6], s[8 * kc2 + 7]);
-    }
-    // O += P V: V is [tokens][dims], MN-major for this product; 16 tokens = 2 KiB of rows,
-    // the two 64-dim halves N x 128 bytes apart (leading byte offset), 8-token groups 1 KiB.
+  };
+  // Waits until step `it`'s K/V landed for every thread, then loads step it + LOOKAHEAD into
+  // the slot no issued or coming wgmma reads any more.
+  auto next_stage = [&](int it) {
+    cp_async_wait<LOOKAHEAD - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    const int next = it + LOOKAHEAD;
+    if (next < steps && (P_DIAG != 2 || next < STAGES)) load_kv(next % STAGES, next);
+    cp_async_commit();
+  };
+
+#if P_OVERLAP
+  // S of step it+1 and P V of step it run on the tensor cores while this warpgroup does the
+  // softmax of step it+1 (the FA3 order).
+  next_stage(0);
+  issue_s(0);
+  wgmma_wait<0>();
+  fence_regs(s);
+  softmax(0, pa[0]);
+  // One step: S of it + 1 and P V of it issued, then the softmax of it + 1 beside them.
+  auto step = [&](int it, const u32 (&pcur)[N / 16][4], u32 (&pnext)[N / 16][4]) {
+    next_stage(it + 1);
+    issue_s((it + 1) % STAGES);
+    issue_pv(it % STAGES, pcur);
+    wgmma_wait<1>();
+    fence_regs(s);
+    softmax(it + 1, pnext);
+    wgmma_wait<0>();
     fence_regs(o);
-    wgmma_fence();
-#pragma unroll
-    for (int kc2 = 0; kc2 < N / 16; kc2++)
-      wgmma_m64n128k16_rs(o, pa[kc2], wgmma_desc(sV + kc2 * 16 * 128, N * 128, 1024));
-    wgmma_commit();
+    rescale_o();
+  };
+  int it = 0;
+  for (; it + 2 < steps; it += 2) {  // by two: the P buffers stay in registers
+    step(it, pa[0], pa[1]);
+    step(it + 1, pa[1], pa[0]);
+  }
+  if (it + 1 < steps) {  // it is even here: the last P lands in pa[1]
+    step(it, pa[0], pa[1]);
+    issue_pv((it + 1) % STAGES, pa[1]);
+  } else {
+    issue_pv(it % STAGES, pa[0]);
+  }
+  wgmma_wait<0>();
+  fence_regs(o);
+#else
+  for (int it = 0; it < steps; it++) {
+    next_stage(it);
+    issue_s(it % STAGES);
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(it, pa[0]);
+    rescale_o();
+    issue_pv(it % STAGES, pa[0]);
     wgmma_wait<0>();
     fence_regs(o);
   }
+#endif
   cp_async_wait<0>();
 
 #pragma unroll
@@ -188,8 +251,9 @@ int main(int argc, char **argv)
   int nq = argc > 1 ? atoi(argv[1]) : 256, len = argc > 2 ? atoi(argv[2]) : 1000;
   int kvh = argc > 3 ? atoi(argv[3]) : 8, qpp = argc > 4 ? atoi(argv[4]) : M / G;
   int timed = argc > 5 ? atoi(argv[5]) : 0;
+  const bool all_share = argc > 6 && atoi(argv[6]);  // every pack reads the same pages
   if (qpp * G > M) { fprintf(stderr, "%d queries x GQA %d > %d rows\n", qpp, G, M); return 2; }
-  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, G, PAGE);
+  const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, G, PAGE, all_share);
   const int qh = in.qh;
   std::vector<pat_pack> packs;
   std::vector<pat_pack_query> pq;
@@ -231,9 +295,9 @@ int main(int argc, char **argv)
   std::vector<unsigned short> hout(in.q.size());
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
-  printf("wgmma probe G=%d M=%d N=%d S=%d nq=%d len=%d kvh=%d qpp=%d: rel_err=%.2e max_abs=%.2e "
-         "nonfinite=%zu %s\n", G, M, N, STAGES, nq, len, kvh, qpp, c.rel, c.max_abs, c.nonfinite,
+  printf("wgmma probe G=%d M=%d N=%d S=%d overlap=%d diag=%d nq=%d len=%d kvh=%d qpp=%d: rel_err=%.2e max_abs=%.2e "
+         "nonfinite=%zu %s\n", G, M, N, STAGES, P_OVERLAP, P_DIAG, nq, len, kvh, qpp, c.rel, c.max_abs, c.nonfinite,
          c.ok ? "PASS" : "FAIL");
-  if (timed && c.ok) probe_time(in, launch);
+  if (timed && (c.ok || P_DIAG)) probe_time(in, launch);
   return c.ok ? 0 : 1;
 }
