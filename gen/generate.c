@@ -26,9 +26,10 @@ static void canonical_spec(const pat_spec *s, char *buf, size_t n)
   for (int i = 0; i < s->num_gqa && at < n; i++)
     at += (size_t)snprintf(buf + at, n - at, "%d,", s->gqa[i]);
   for (int i = 0; i < s->num_tiles && at < n; i++)
-    at += (size_t)snprintf(buf + at, n - at, " tile=%d/%d/%d/%d%s", s->tiles[i].m, s->tiles[i].n,
+    at += (size_t)snprintf(buf + at, n - at, " tile=%d/%d/%d/%d%s%s", s->tiles[i].m, s->tiles[i].n,
                            s->tiles[i].warps, s->tiles[i].stages,
-                           pat_tile_warp_rows(&s->tiles[i]) == 32 ? "/r32" : "");
+                           pat_tile_warp_rows(&s->tiles[i]) == 32 ? "/r32" : "",
+                           s->tiles[i].wgmma ? "/wg" : "");
 }
 
 /* Hash of the spec, the templates and device headers, and the version: line 2 of each file. */
@@ -77,12 +78,13 @@ static void push_spec(lua_State *L, const pat_spec *s)
   lua_setfield(L, -2, "gqa");
   lua_createtable(L, s->num_tiles, 0);
   for (int i = 0; i < s->num_tiles; i++) {
-    lua_createtable(L, 0, 5);
+    lua_createtable(L, 0, 6);
     set_int(L, "m", s->tiles[i].m);
     set_int(L, "n", s->tiles[i].n);
     set_int(L, "warps", s->tiles[i].warps);
     set_int(L, "stages", s->tiles[i].stages);
     set_int(L, "warp_rows", pat_tile_warp_rows(&s->tiles[i]));
+    set_int(L, "wgmma", s->tiles[i].wgmma);
     lua_rawseti(L, -2, i + 1);
   }
   lua_setfield(L, -2, "tiles");
@@ -140,6 +142,7 @@ int pat_generate(const pat_spec *s, pat_kernel_set *out, char *err, size_t errle
       k->gqa = s->gqa[g];
       k->threads = pat_tile_threads(&s->tiles[t]);
       k->smem_bytes = pat_tile_smem_bytes(s, &s->tiles[t]);
+      k->sm90a = s->tiles[t].wgmma;
       pat_tile_kernel_name(s, &s->tiles[t], k->gqa, k->name, sizeof k->name);
     }
   }

@@ -13,6 +13,7 @@ typedef struct pat_kernel_src {
   int gqa;          /* GQA ratio; 0 for the merge kernel */
   int threads;      /* block size */
   int smem_bytes;   /* dynamic shared memory */
+  int sm90a;        /* 1: wgmma, built for sm_90a only (arch-specific features) */
 } pat_kernel_src;
 
 typedef struct pat_kernel_set {

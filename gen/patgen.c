@@ -66,8 +66,8 @@ static double now_ms(void)
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* Compiles every kernel of the spec for each arch; prints one row per (kernel, arch).
-** Fails if any kernel does not compile or spills. */
+/* Compiles every kernel of the spec for each arch; prints one row per (kernel, arch). wgmma
+** kernels build for sm_90 only (as sm_90a). Fails if any kernel does not compile or spills. */
 static int cmd_compile(const char *spec_path, const int *archs, int num_archs)
 {
   pat_spec spec;
@@ -84,15 +84,17 @@ static int cmd_compile(const char *spec_path, const int *archs, int num_archs)
   }
   const char *const *hn, *const *hs;
   int nh = pat_device_headers(&hn, &hs);
-  int failures = 0;
+  int failures = 0, built = 0;
   printf("%-44s %-6s %5s %6s %6s %7s %8s\n", "kernel", "arch", "regs", "spillB", "stackB",
          "smemB", "ms");
   for (int a = 0; a < num_archs; a++) {
     for (int i = 0; i < set.count; i++) {
       const pat_kernel_src *k = &set.kernels[i];
+      if (k->tile >= 0 && !pat_tile_runs_on(&spec.tiles[k->tile], archs[a])) continue;
       pat_nvrtc_job job = {.source = k->source, .program_name = k->file, .kernel_name = k->name,
-                           .arch = archs[a], .header_names = hn, .header_sources = hs,
-                           .num_headers = nh};
+                           .arch = archs[a], .arch_specific = k->sm90a, .header_names = hn,
+                           .header_sources = hs, .num_headers = nh};
+      built++;
       pat_nvrtc_result res;
       double t0 = now_ms();
       if (pat_nvrtc_compile(&job, &res, err, sizeof err)) {
@@ -103,14 +105,16 @@ static int cmd_compile(const char *spec_path, const int *archs, int num_archs)
         continue;
       }
       int spills = res.spill_store_bytes + res.spill_load_bytes;
-      printf("%-44s sm_%-3d %5d %6d %6d %7d %8.0f%s\n", k->name, archs[a], res.registers, spills,
+      char target[16];
+      snprintf(target, sizeof target, "sm_%d%s", archs[a], k->sm90a ? "a" : "");
+      printf("%-44s %-6s %5d %6d %6d %7d %8.0f%s\n", k->name, target, res.registers, spills,
              res.stack_frame_bytes, k->smem_bytes, now_ms() - t0, spills > 0 ? "  SPILLS" : "");
       if (spills > 0) failures++;
       pat_nvrtc_result_free(&res);
     }
   }
-  printf("%s: %d kernels x %d archs compiled, %d failures\n", spec.name, set.count, num_archs,
-         failures);
+  printf("%s: %d kernel builds (%d kernels, %d archs), %d failures\n", spec.name, built, set.count,
+         num_archs, failures);
   pat_kernel_set_free(&set);
   return failures ? 1 : 0;
 }

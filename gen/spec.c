@@ -38,12 +38,12 @@ typedef struct parse_ctx {
 
 static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
                                        "gqa", "tiles", "split", "archs"};
-static const char *const tile_keys[] = {"m", "n", "warps", "stages", "warp_rows"};
+static const char *const tile_keys[] = {"m", "n", "warps", "stages", "warp_rows", "wgmma"};
 static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm",
                                          "mma_rows_per_token"};
 static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
 static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages",
-                                          "warp_rows"};
+                                          "warp_rows", "wgmma"};
 #define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static const int valid_archs[] = {80, 86, 89, 90};
@@ -381,7 +381,7 @@ static int parse_gqa(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
   return 0;
 }
 
-/* One tile mapping; warp_rows defaults to 16, warps to m/warp_rows and stages to 2. */
+/* One tile mapping; warp_rows defaults to 16, warps to m/warp_rows, stages to 2, wgmma to 0. */
 static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_tile *t)
 {
   char where[32];
@@ -390,10 +390,10 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
     char got[DESC_SIZE];
     describe(n, got, sizeof got);
     return fail_node(c, n, "tiles[%d]: expected a mapping with keys m, n, warps, stages, warp_rows, "
-                     "got %s", index, got);
+                     "wgmma, got %s", index, got);
   }
-  int have[5] = {0, 0, 0, 0, 0};
-  int *fields[5] = {&t->m, &t->n, &t->warps, &t->stages, &t->warp_rows};
+  int have[6] = {0, 0, 0, 0, 0, 0};
+  int *fields[6] = {&t->m, &t->n, &t->warps, &t->stages, &t->warp_rows, &t->wgmma};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, tile_keys, NKEYS(tile_keys), &which))
@@ -409,6 +409,8 @@ static int parse_tile(const parse_ctx *c, const yaml_node_t *n, int index, pat_t
       return fail_node(c, n, "tiles[%d]: missing required key '%s'", index, tile_keys[i]);
   if (!have[4])
     t->warp_rows = 16;
+  if (!have[5])
+    t->wgmma = 0;
   if (!have[2])
     t->warps = t->warp_rows > 0 ? t->m / t->warp_rows : 0;  /* 0: pat_tile_check explains */
   if (!have[3])
@@ -521,8 +523,8 @@ static int check_tiles(const parse_ctx *c, const pat_spec *s, const yaml_node_t 
       const pat_tile *u = &s->tiles[j];
       if (pat_tile_same(u, t))
         return fail_at(c, line, column,
-                       "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d warp_rows=%d)",
-                       i, j, t->m, t->n, t->warps, t->stages, pat_tile_warp_rows(t));
+                       "tiles[%d]: duplicate of tiles[%d] (m=%d n=%d warps=%d stages=%d warp_rows=%d wgmma=%d)",
+                       i, j, t->m, t->n, t->warps, t->stages, pat_tile_warp_rows(t), t->wgmma);
     }
   }
   return 0;
@@ -749,25 +751,28 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
   snprintf(where, sizeof where, "choices[%d]: ", index);
   if (n->type != YAML_MAPPING_NODE)
     return fail_type(c, n, "choices[]",
-                     "a mapping with keys gqa, rows, tokens, m, n, warps, stages (and warp_rows)");
-  int have[8] = {0};
-  int *fields[8] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps,
-                    &ch->tile.stages, &ch->tile.warp_rows};
+                     "a mapping with keys gqa, rows, tokens, m, n, warps, stages (and warp_rows, wgmma)");
+  int have[9] = {0};
+  int *fields[9] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps,
+                    &ch->tile.stages, &ch->tile.warp_rows, &ch->tile.wgmma};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, choice_keys, NKEYS(choice_keys), &which))
       return -1;
     char what[48];
     snprintf(what, sizeof what, "choices[%d]: %s", index, choice_keys[which]);
-    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, 1, 65536, fields[which]))
+    const int lo = which == 8 ? 0 : 1, hi = which == 8 ? 1 : 65536;  /* wgmma: 0 or 1 */
+    if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, lo, hi, fields[which]))
       return -1;
     have[which] = 1;
   }
-  for (int i = 0; i < 7; i++)  /* all but warp_rows, which defaults to 16 */
+  for (int i = 0; i < 7; i++)  /* all but warp_rows (default 16) and wgmma (default 0) */
     if (!have[i])
       return fail_node(c, n, "choices[%d]: missing required key '%s'", index, choice_keys[i]);
   if (!have[7])
     ch->tile.warp_rows = 16;
+  if (!have[8])
+    ch->tile.wgmma = 0;
   if (ch->rows != 16 && ch->rows != 32 && ch->rows != 64 && ch->rows != 128 && ch->rows != 256)
     return fail_node(c, n, "choices[%d]: rows must be 16, 32, 64, 128 or 256, got %d", index, ch->rows);
   if (ch->tokens != 64 && ch->tokens != 256 && ch->tokens != 1024 && ch->tokens != 65536)

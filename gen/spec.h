@@ -28,6 +28,7 @@ typedef struct pat_tile {
   int stages;     /* cp.async pipeline depth (K and V tiles in flight), >= 2 */
   int warp_rows;  /* query rows per warp: 16, or 32 (each K/V fragment feeds two mma row
                   ** blocks); 0 means 16 */
+  int wgmma;      /* 1: warpgroup mma (sm_90a only; 64 or 128 rows, head_dim 128), 0: mma.sync */
   pat_mark mark;  /* where the tile's mapping starts */
 } pat_tile;
 

@@ -1,4 +1,5 @@
-/* tile.c: resources and names of a forward-kernel tile; mirrors templates/decode.cu.lua. */
+/* tile.c: resources and names of a forward-kernel tile; mirrors templates/decode.cu.lua and the
+** device headers it instantiates (decode.cuh, decode_wgmma.cuh). */
 #include "tile.h"
 
 #include <stdio.h>
@@ -26,6 +27,8 @@ int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t)
   int e = dtype_bytes(s->dtype);
   int q = t->m * s->head_dim * e;
   int ring = t->stages * 2 * t->n * s->head_dim * e;
+  if (t->wgmma)  /* the output leaves from the accumulators: no epilogue buffer */
+    return PAGE_WINDOW_BYTES + q + ring;
   int epilogue = t->warps * pat_tile_warp_rows(t) * (s->head_dim + 2) * 4;
   return PAGE_WINDOW_BYTES + q + (ring > epilogue ? ring : epilogue);
 }
@@ -38,6 +41,46 @@ int pat_arch_smem_limit(int arch)
   case 90: return 227 * 1024;
   default: return 0;
   }
+}
+
+/* The wgmma tile's own limits (decode_wgmma.cuh): one or two warpgroups of 64 rows, S as
+** m64n64 or m64n128, O as m64n128, a ring one step deeper than the overlapped loop holds. */
+static int wgmma_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen)
+{
+  if (t->wgmma != 0 && t->wgmma != 1) {
+    snprintf(err, errlen, "wgmma: must be 0 or 1, got %d", t->wgmma);
+    return -1;
+  }
+  if (!t->wgmma) return 0;
+  if (t->m != 64 && t->m != 128) {
+    snprintf(err, errlen, "wgmma: m must be 64 or 128 (warpgroups of 64 rows), got %d", t->m);
+    return -1;
+  }
+  if (t->warps != t->m / 16 || pat_tile_warp_rows(t) != 16) {
+    snprintf(err, errlen, "wgmma: warps must be m/16 = %d (4 a warpgroup) with 16 rows a warp, got "
+             "%d warps of %d rows", t->m / 16, t->warps, pat_tile_warp_rows(t));
+    return -1;
+  }
+  if (t->n != 64 && t->n != 128) {
+    snprintf(err, errlen, "wgmma: n must be 64 or 128, got %d", t->n);
+    return -1;
+  }
+  if (t->stages < 3) {
+    snprintf(err, errlen, "wgmma: stages must be at least 3 (the overlapped loop holds two), got %d",
+             t->stages);
+    return -1;
+  }
+  if (s->head_dim != 128) {
+    snprintf(err, errlen, "wgmma: needs head_dim 128, got %d", s->head_dim);
+    return -1;
+  }
+  int sm90 = 0;
+  for (int i = 0; i < s->num_archs; i++) sm90 |= s->archs[i] == 90;
+  if (!sm90) {
+    snprintf(err, errlen, "wgmma: runs on sm_90 only; add sm_90 to archs");
+    return -1;
+  }
+  return 0;
 }
 
 int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen)
@@ -82,8 +125,10 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
     snprintf(err, errlen, "stages: must be 2..8, got %d", t->stages);
     return -1;
   }
+  if (wgmma_check(s, t, err, errlen)) return -1;
   int smem = pat_tile_smem_bytes(s, t);
   for (int i = 0; i < s->num_archs; i++) {
+    if (t->wgmma && s->archs[i] != 90) continue;  /* never built for other archs */
     int limit = pat_arch_smem_limit(s->archs[i]);
     if (smem > limit) {
       snprintf(err, errlen, "tile m=%d n=%d stages=%d needs %d bytes of shared memory, "
@@ -103,8 +148,8 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
 
 int pat_tile_label(const pat_tile *t, char *buf, size_t n)
 {
-  return snprintf(buf, n, "m%dn%dw%ds%d%s", t->m, t->n, t->warps, t->stages,
-                  pat_tile_warp_rows(t) == 32 ? "r32" : "");
+  return snprintf(buf, n, "m%dn%dw%ds%d%s%s", t->m, t->n, t->warps, t->stages,
+                  pat_tile_warp_rows(t) == 32 ? "r32" : "", t->wgmma ? "wg" : "");
 }
 
 int pat_tile_kernel_name(const pat_spec *s, const pat_tile *t, int gqa, char *buf, size_t n)
@@ -122,5 +167,41 @@ int pat_merge_kernel_name(const pat_spec *s, char *buf, size_t n)
 int pat_tile_same(const pat_tile *a, const pat_tile *b)
 {
   return a->m == b->m && a->n == b->n && a->warps == b->warps && a->stages == b->stages &&
-         pat_tile_warp_rows(a) == pat_tile_warp_rows(b);
+         pat_tile_warp_rows(a) == pat_tile_warp_rows(b) && a->wgmma == b->wgmma;
+}
+
+int pat_tile_runs_on(const pat_tile *t, int arch)
+{
+  return !t->wgmma || arch == 90;
+}
+
+int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen)
+{
+  pat_spec n = *s;
+  int map[PAT_MAX_TILES], kept = 0, model = s->num_model_tiles ? s->num_model_tiles : s->num_tiles;
+  n.num_model_tiles = 0;
+  for (int i = 0; i < s->num_tiles; i++) {
+    map[i] = -1;
+    if (!pat_tile_runs_on(&s->tiles[i], arch)) continue;
+    map[i] = kept;
+    n.tiles[kept++] = s->tiles[i];
+    if (i < model) n.num_model_tiles = kept;
+  }
+  if (kept == s->num_tiles) return 0;
+  if (kept == 0 || n.num_model_tiles == 0) {
+    snprintf(err, errlen, "spec '%s': none of its %stiles runs on sm_%d (wgmma tiles need sm_90)",
+             s->name, kept == 0 ? "" : "cost-model ", arch);
+    return -1;
+  }
+  n.num_tiles = kept;
+  if (!s->num_model_tiles) n.num_model_tiles = 0;  /* still all of them */
+  for (int g = 0; g < PAT_MAX_GQA; g++)
+    for (int r = 0; r < PAT_ROW_CLASSES; r++)
+      for (int t = 0; t < PAT_TOKEN_CLASSES; t++) {
+        unsigned char *c = &n.tile_choice[g][r][t];
+        if (*c) *c = map[*c - 1] < 0 ? 0 : (unsigned char)(map[*c - 1] + 1);
+      }
+  int dropped = s->num_tiles - kept;
+  *s = n;
+  return dropped;
 }

@@ -19,15 +19,24 @@ int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t);
 int pat_arch_smem_limit(int arch);
 
 /* Checks a tile against the spec (M multiple of 16, warps cover M, token slice per warp a
-** multiple of 16, stages >= 2, smem within every target arch). Returns 0, or -1 with a
-** message (no file position) in err. */
+** multiple of 16, stages >= 2, smem within every target arch; a wgmma tile: 64 or 128 rows,
+** n 64 or 128, stages >= 3, head_dim 128, sm_90 among the archs, smem within sm_90's).
+** Returns 0, or -1 with a message (no file position) in err. */
 int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errlen);
 
-/* Whether two tiles have the same shape (m, n, warps, stages, warp rows). */
+/* Whether the tile's kernels run on a device of compute capability `arch` x 10 (a wgmma tile
+** needs exactly sm_90, built as sm_90a). */
+int pat_tile_runs_on(const pat_tile *t, int arch);
+/* Drops from *s the tiles that do not run on `arch`; tuning choices follow their tiles (a
+** choice of a dropped tile goes back to the cost model). Returns the number dropped, or -1
+** with a message in err when no tile would be left. */
+int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen);
+
+/* Whether two tiles have the same shape (m, n, warps, stages, warp rows, wgmma). */
 int pat_tile_same(const pat_tile *a, const pat_tile *b);
 
-/* The tile's short label, m<M>n<N>w<W>s<S>[r32] (r32: 32 rows a warp). Returns snprintf's
-** result. */
+/* The tile's short label, m<M>n<N>w<W>s<S>[r32][wg] (r32: 32 rows a warp; wg: warpgroup mma).
+** Returns snprintf's result. */
 int pat_tile_label(const pat_tile *t, char *buf, size_t n);
 
 /* Kernel name: pat_fwd_<spec>_<label>_g<G>. Returns snprintf's result. */

@@ -6,6 +6,7 @@
 
 #include "cache.h"
 #include "internal.h"
+#include "tile.h"
 #include "tuning.h"
 
 PAT_API const char *pat_status_string(pat_status s)
@@ -198,6 +199,10 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
     pat_status tst = apply_tuning(ctx, d->spec_path);
     if (tst) return create_failed(ctx, tst, msg, msglen);
   }
+  /* Tiles this device cannot run (wgmma off sm_90) leave the spec before generation, so
+  ** neither the planner nor the JIT sees them. */
+  if (pat_spec_keep_arch(&ctx->spec, ctx->arch, ctx->err, sizeof ctx->err) < 0)
+    return create_failed(ctx, PAT_ERR_SPEC, msg, msglen);
 
   if (pat_generate(&ctx->spec, &ctx->src, ctx->err, sizeof ctx->err))
     return create_failed(ctx, PAT_ERR_COMPILE, msg, msglen);

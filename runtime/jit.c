@@ -29,7 +29,7 @@ static void build_cubin(jit_job *j)
   const char *const *hn, *const *hs;
   int nh = pat_device_headers(&hn, &hs);
   pat_nvrtc_job job = {.source = k->source, .program_name = k->file, .kernel_name = k->name,
-                       .arch = ctx->arch, .header_names = hn, .header_sources = hs,
+                       .arch = ctx->arch, .arch_specific = k->sm90a, .header_names = hn, .header_sources = hs,
                        .num_headers = nh};
   char options[1024], key[PAT_CACHE_KEY_LEN + 1];
   pat_nvrtc_options_string(&job, options, sizeof options);

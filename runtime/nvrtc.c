@@ -45,7 +45,7 @@ size_t pat_nvrtc_options_string(const pat_nvrtc_job *job, char *buf, size_t n)
     n = 0;
   if (n)
     buf[0] = '\0';
-  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d", job->arch);
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", job->arch, job->arch_specific ? "a" : "");
   append(buf, n, &len, arch);
   for (int i = 0; i < NUM_FIXED; i++) {
     append(buf, n, &len, " ");
@@ -163,8 +163,9 @@ static void compile_error(const pat_nvrtc_job *job, const char *what, nvrtcResul
   char *opts = malloc(olen + 1);
   if (opts)
     pat_nvrtc_options_string(job, opts, olen + 1);
-  snprintf(err, errlen, "NVRTC: %s failed for kernel '%s' (%s), sm_%d: %s\noptions: %s%s%s",
-           what, kernel_label(job), program_name(job), job->arch, nvrtcGetErrorString(r),
+  snprintf(err, errlen, "NVRTC: %s failed for kernel '%s' (%s), sm_%d%s: %s\noptions: %s%s%s",
+           what, kernel_label(job), program_name(job), job->arch, job->arch_specific ? "a" : "",
+           nvrtcGetErrorString(r),
            opts ? opts : "(out of memory)", log && *log ? "\nlog:\n" : "",
            log && *log ? log : "");
   free(opts);
@@ -222,7 +223,7 @@ int pat_nvrtc_compile(const pat_nvrtc_job *job, pat_nvrtc_result *res, char *err
     compile_error(job, "allocating options", r, NULL, err, errlen);
     goto fail;
   }
-  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d", job->arch);
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", job->arch, job->arch_specific ? "a" : "");
   argv[0] = arch;
   for (int i = 0; i < NUM_FIXED; i++)
     argv[1 + i] = fixed_options[i];

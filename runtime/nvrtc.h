@@ -16,6 +16,7 @@ typedef struct pat_nvrtc_job {
   const char *kernel_name;   /* the extern "C" kernel whose resources are reported; NULL: the
                                 first entry function in the log */
   int arch;                  /* compute capability x10: 80, 90 -> --gpu-architecture=sm_80 */
+  int arch_specific;         /* 1: the arch-specific target (sm_90a: wgmma), runs on that arch only */
   const char *const *options;  /* [num_options] extra NVRTC options, after the fixed ones */
   int num_options;
   const char *const *header_names;    /* [num_headers] include names, "pat/mma.cuh" */

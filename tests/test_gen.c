@@ -196,6 +196,19 @@ Test(patgen, compile_reports_resources)
   cr_expect_eq(sh("bin/patgen compile tests/golden.yaml --arch sm_7", out, sizeof out), 2);
 }
 
+/* A wgmma kernel builds for sm_90a with no spill, and is left out of an sm_80 build. */
+Test(patgen, compile_wgmma_for_sm90a_only)
+{
+  char out[16384];
+  cr_expect_eq(sh("bin/patgen compile tests/wgmma.yaml", out, sizeof out), 0, "%s", out);
+  const char *row = strstr(out, "pat_fwd_wgmma_test_m128n64w8s3wg_g8");
+  cr_assert(row && strstr(row, "sm_90a"), "got: %s", out);
+  cr_expect(strstr(out, "5 kernel builds (3 kernels, 2 archs), 0 failures") != NULL, "got: %s", out);
+  cr_expect_eq(sh("bin/patgen compile tests/wgmma.yaml --arch sm_80", out, sizeof out), 0, "%s", out);
+  cr_expect(strstr(out, "m128n64w8s3wg") == NULL, "got: %s", out);
+  cr_expect(strstr(out, "2 kernel builds (3 kernels, 1 archs), 0 failures") != NULL, "got: %s", out);
+}
+
 Test(patgen, plan_previews_a_tuning_table)
 {
   char out[16384];

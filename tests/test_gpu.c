@@ -176,6 +176,58 @@ Test(gpu, warp_rows_32_each, .timeout = 900)
   }
 }
 
+/* The device's compute capability x 10, from a lazily made context (nothing compiled). */
+static int device_arch(void)
+{
+  pat_context *ctx = open_ctx_mode("specs/default.yaml", 1);
+  int arch = 0;
+  cr_assert_eq(pat_context_device(ctx, NULL, &arch, NULL, 0), PAT_OK);
+  pat_context_destroy(ctx);
+  return arch;
+}
+
+/* wgmma tiles alone (64 and 128 rows, 64 and 128 tokens a step, 3 and 4 stages) in fp16 and
+** bf16 over pages of 16 and 32, GQA 1, 2, 4, 8, 16; then a 10000-token pack past the page-id
+** window. Off sm_90 the context must refuse a spec with wgmma tiles only, saying why. */
+Test(gpu, wgmma_tiles_each, .timeout = 900)
+{
+  skip_without_gpu();
+  static const char *const tiles[] = {
+    "[{m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}]",
+    "[{m: 64, n: 64, warps: 4, stages: 3, wgmma: 1}]",
+    "[{m: 128, n: 128, warps: 8, stages: 3, wgmma: 1}]",
+    "[{m: 128, n: 64, warps: 8, stages: 4, wgmma: 1}]",
+  };
+  static const int gq[] = {1, 2, 4, 8, 16};
+  if (device_arch() != 90) {
+    pat_context_desc d = {.spec_path = write_spec("wgmma_off_sm90", "fp16", 128, 32, "[8]", tiles[0]),
+                          .cache_dir = "build/gpu_cache", .lazy = 1};
+    pat_context *ctx = NULL;
+    char err[1024];
+    cr_assert_eq(pat_context_create(&d, &ctx, err, sizeof err), PAT_ERR_SPEC);
+    cr_assert(strstr(err, "wgmma tiles need sm_90"), "%s", err);
+    fprintf(stderr, "[NOTE] gpu::wgmma_tiles_each: not sm_90; checked the refusal only\n");
+    return;
+  }
+  for (int i = 0; i < 4; i++) {
+    for (int b = 0; b < 2; b++) {
+      for (int page = 16; page <= 32; page += 16) {
+        char name[64];
+        snprintf(name, sizeof name, "wgmma_%d_%s_p%d", i, b ? "bf16" : "fp16", page);
+        random_trees(write_spec(name, b ? "bf16" : "fp16", 128, page, "[1, 2, 4, 8, 16]", tiles[i]),
+                     page, gq, 5, b ? TOL_BF16 : TOL_FP16, 1);
+      }
+    }
+  }
+  pat_context *ctx = open_ctx(write_spec_text(
+      "wgmma_one_split", "page_size: 16\ngqa: [4]\ntiles: [{m: 64, n: 64, warps: 4, stages: 3, wgmma: 1}]\n"
+                         "split: {min_kv_per_split: 16384, max_splits: 1, ctas_per_sm: 1}\n"));
+  pat_workload w = parse_tree("2_10000", 16, 9);
+  check_workload(ctx, &w, 32, 8, TOL_FP16, "wgmma 10000-token packs", 0);
+  pat_workload_free(&w);
+  pat_context_destroy(ctx);
+}
+
 /* The paper's 20 trees x 4 head configurations with the paper spec (checked on a sample of
 ** up to 24 queries each; every output is checked for being written). */
 

@@ -394,3 +394,49 @@ Test(spec, bad_specs)
     free(names[i]);
   }
 }
+
+/* A wgmma tile: parsed, named ...wg, sized without an epilogue buffer; on a device other than
+** sm_90 it leaves the spec and a tuning choice of it goes back to the cost model. */
+Test(spec, wgmma_tile_and_arch_filter)
+{
+  const char *yaml =
+      "name: wg\n"
+      "gqa: [8]\n"
+      "tiles:\n"
+      "  - {m: 16, n: 64, warps: 4, stages: 3}\n"
+      "  - {m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}\n"
+      "  - {m: 64, n: 64, warps: 8, stages: 3}\n";
+  pat_spec s;
+  char err[512];
+  cr_assert_eq(parse_str(yaml, &s, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(s.num_tiles, 3);
+  cr_expect_eq(s.tiles[0].wgmma, 0);
+  cr_expect_eq(s.tiles[1].wgmma, 1);
+  char name[128];
+  pat_tile_kernel_name(&s, &s.tiles[1], 8, name, sizeof name);
+  cr_expect_str_eq(name, "pat_fwd_wg_m128n64w8s3wg_g8");
+  /* page ids 1 KiB + Q 128 x 128 x 2 + 3 stages x K and V 64 x 128 x 2 */
+  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[1]), 1024 + 32768 + 3 * 2 * 16384);
+  cr_expect_eq(pat_tile_threads(&s.tiles[1]), 256);
+  cr_expect(!pat_tile_same(&s.tiles[1], &(pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 3}));
+
+  pat_spec on90 = s;
+  cr_expect_eq(pat_spec_keep_arch(&on90, 90, err, sizeof err), 0);
+  cr_expect_eq(on90.num_tiles, 3);
+
+  s.num_model_tiles = 2;       /* as a tuning table that added tiles[2] leaves it */
+  s.tile_choice[0][3][2] = 2;  /* the wgmma tile */
+  s.tile_choice[0][2][1] = 3;  /* the table's own tile, which moves to index 1 */
+  cr_assert_eq(pat_spec_keep_arch(&s, 80, err, sizeof err), 1, "%s", err);
+  cr_assert_eq(s.num_tiles, 2);
+  cr_expect(s.tiles[0].m == 16 && s.tiles[1].m == 64 && !s.tiles[1].wgmma);
+  cr_expect_eq(s.num_model_tiles, 1);
+  cr_expect_eq(s.tile_choice[0][3][2], 0);
+  cr_expect_eq(s.tile_choice[0][2][1], 2);
+
+  const char *only = "name: wgonly\ngqa: [8]\ntiles: [{m: 64, n: 64, warps: 4, stages: 3, wgmma: 1}]\n";
+  cr_assert_eq(parse_str(only, &s, err, sizeof err), 0, "%s", err);
+  cr_expect_eq(pat_spec_keep_arch(&s, 80, err, sizeof err), -1);
+  cr_expect(strstr(err, "none of its tiles runs on sm_80 (wgmma tiles need sm_90)"), "%s", err);
+  cr_expect_eq(s.num_tiles, 1, "a refused filter leaves the spec as it was");
+}

@@ -59,6 +59,7 @@ __device__ __forceinline__ float fast_log2(float x)
 
 // The element types: conversions and the m16n8k16 mma with fp32 accumulation.
 struct pat_fp16 {
+  static constexpr bool BF16 = false;
   // Two floats as one register: lo in bits 0-15, hi in bits 16-31.
   static __device__ __forceinline__ u32 pack(float lo, float hi)
   {
@@ -83,6 +84,7 @@ struct pat_fp16 {
 };
 
 struct pat_bf16 {
+  static constexpr bool BF16 = true;
   static __device__ __forceinline__ u32 pack(float lo, float hi)
   {
     u32 r;

@@ -1,0 +1,242 @@
+// decode_wgmma.cuh: the forward kernel body on warpgroup mma (sm_90a), for tiles of 64 or 128
+// rows. One CTA runs one (pack, kv head) like decode.cuh and writes the same outputs (final
+// rows, or normalised partials plus their log2-sum-exp2); each warpgroup (4 warps) owns 64
+// query rows and all the tokens of a step.
+//
+// Q and K go to the tensor cores straight from shared memory (S = Q K^T, m64nNk16); the
+// online softmax runs on the accumulators; P stays in registers for O += P V (m64n128k16, V
+// read from shared memory as the transposed operand). Shared tiles use the 128-byte swizzle
+// wgmma's descriptors describe. The loop runs in the FlashAttention-3 order: S of step it+1
+// and P V of step it are in flight on the tensor cores while the warpgroup computes the
+// softmax of step it+1, so P is double-buffered and the K/V ring holds one step more.
+#pragma once
+
+#include "pat/params.h"
+#include "pat/wgmma.cuh"
+
+// C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
+// STAGES (>= 3).
+template <class C>
+struct pat_decode_wgmma {
+  typedef typename C::Elem E;
+  static constexpr int D = C::HEAD_DIM, M = C::TILE_M, N = C::TILE_N, STAGES = C::STAGES;
+  static constexpr int THREADS = 2 * M;  // a warpgroup (128 threads) per 64 rows
+  static constexpr int CHUNKS = D / 8;   // 16-byte chunks in one row
+  static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
+  // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
+  // for the swizzle), the Q tile, the K/V ring. gen/tile.c computes the same number.
+  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + Q_BYTES + STAGES * 2 * KV_BYTES;
+  // Steps loaded ahead of the one waited for: two are in use (V of step it, K of step it+1).
+  static constexpr int LOOKAHEAD = STAGES - 2;
+  typedef u32 pfrag[N / 16][4];  // P of one step: m16n8k16 A fragments of 16-token slices
+
+  static_assert(D == 128, "the wgmma tile covers head_dim 128 (O is m64n128)");
+  static_assert(M == 64 || M == 128, "64 or 128 rows: one or two warpgroups");
+  static_assert(N == 64 || N == 128, "S is m64n64 or m64n128");
+  static_assert(STAGES >= 3, "the overlapped loop needs three K/V stages");
+  static_assert(PAGE_WINDOW * 4 % 1024 == 0, "the tiles must stay 1 KiB-aligned");
+
+  static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem)
+  {
+    const pat_pack pk = p.packs[blockIdx.x];
+    // An empty pack pads a launch to a fixed grid (CUDA graphs replay fixed grids).
+    if (pk.num_queries == 0) return;
+    const int kvh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int rows = pk.num_queries * C::GQA;
+
+    int *s_pages = reinterpret_cast<int *>(smem);
+    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4, ring = sQ + Q_BYTES;
+    const u16 *q = static_cast<const u16 *>(p.q);
+    const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
+
+    // Stage: the pack's first PAGE_WINDOW page ids, and its Q rows (query x GQA + head).
+    const int kv_len = pk.kv_len;
+    const int *pages = p.pages + pk.page_begin;
+    const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
+    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
+    for (int i = tid; i < M * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const u16 *src = q;
+      int bytes = 0;
+      if (r < rows) {
+        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
+        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
+        bytes = 16;
+      }
+      cp_async16(sQ + sw128(r, c, M), src, bytes);
+    }
+
+    // K and V of step `step` into ring slot `slot`; tokens past kv_len are zero-filled.
+    const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
+    auto load_kv = [&](int slot, int step) {
+      const u32 sK = ring + slot * 2 * KV_BYTES, sV = sK + KV_BYTES;
+      for (int i = tid; i < N * CHUNKS; i += THREADS) {
+        const int r = i / CHUNKS, c = i % CHUNKS, t = step * N + r;
+        const u16 *src_k = kc, *src_v = vc;
+        int bytes = 0;
+        if (t < kv_len) {
+          const int pi = t / C::PAGE_SIZE, page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
+          const long long off = page * page_elems + ((t % C::PAGE_SIZE) * p.kv_heads + kvh) * D + c * 8;
+          src_k = kc + off;
+          src_v = vc + off;
+          bytes = 16;
+        }
+        cp_async16(sK + sw128(r, c, N), src_k, bytes);
+        cp_async16(sV + sw128(r, c, N), src_v, bytes);
+      }
+    };
+    __syncthreads();  // the page window is written
+
+    // Stage: pipeline prologue (Q rides in the first group).
+    const int steps = (kv_len + N - 1) / N;
+    for (int s = 0; s < LOOKAHEAD; s++) {
+      if (s < steps) load_kv(s, s);
+      cp_async_commit();
+    }
+    // Waits until step `it` landed for every thread, then loads step it + LOOKAHEAD into the
+    // slot that no issued or coming wgmma reads any more.
+    auto next_stage = [&](int it) {
+      cp_async_wait<LOOKAHEAD - 1>();
+      fence_proxy_async();
+      __syncthreads();
+      if (it + LOOKAHEAD < steps) load_kv((it + LOOKAHEAD) % STAGES, it + LOOKAHEAD);
+      cp_async_commit();
+    };
+
+    // This thread's rows: lane/4 and lane/4 + 8 of its warp's 16 (accumulator layout).
+    float o[64];  // O: 64 rows x 128 dims a warpgroup; dims 8j + 2 (lane % 4) + {0, 1} in o[4j ..]
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float row_max[2] = {neg_inf(), neg_inf()};  // log2 domain
+    float row_sum[2] = {0.f, 0.f};              // this thread's share; quad-summed at the end
+    float s[N / 2];                             // S of one step: tokens 8j + 2 (lane % 4) + {0, 1}
+    float scale[2];
+    pfrag pa[2];
+    const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
+
+    // S = Q K^T, issued and committed, not waited for: 8 k-slices of 16 dims, a slice 32
+    // bytes into a half's 128-byte rows (8-row swizzle atoms 1 KiB apart).
+    auto issue_s = [&](int slot) {
+      const u32 sK = ring + slot * 2 * KV_BYTES;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
+        wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
+      }
+      wgmma_commit();
+    };
+    // O += P V, issued and committed: 16 tokens (2 KiB of V rows) a k-slice; the two 64-dim
+    // halves N x 128 bytes apart (leading byte offset), 8-token atoms 1 KiB apart.
+    auto issue_pv = [&](int slot, const pfrag &pv) {
+      const u32 sV = ring + slot * 2 * KV_BYTES + KV_BYTES;
+      fence_regs(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
+      wgmma_commit();
+    };
+    // Online softmax of step `step` on s: tokens past kv_len masked, the row max and sum
+    // updated, the factor O must be scaled by in `scale`, P into pout. The max is taken over
+    // raw scores (scale_log2 > 0 keeps the order); the scale folds into the exponent's FFMA.
+    auto softmax = [&](int step, pfrag &pout) {
+      const int tok0 = step * N + 2 * (lane & 3);
+      const bool tail = (step + 1) * N > kv_len;
+      float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+      for (int j = 0; j < N / 8; j++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          if (tail && tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
+          mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
+        }
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);
+        // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
+        const float base = m_new == neg_inf() ? 0.f : m_new;
+        scale[h] = fast_exp2(row_max[h] - base);
+        row_max[h] = m_new;
+        row_sum[h] *= scale[h];
+        mx[h] = base;
+      }
+#pragma unroll
+      for (int j = 0; j < N / 8; j++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], p.scale_log2, -mx[x >> 1]));
+          row_sum[x >> 1] += s[4 * j + x];
+        }
+      // The S accumulator layout is already the A-fragment layout of P V.
+#pragma unroll
+      for (int kc = 0; kc < N / 16; kc++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) pout[kc][r] = E::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
+    };
+    auto rescale_o = [&] {
+#pragma unroll
+      for (int j = 0; j < 16; j++) {
+        o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
+        o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
+      }
+    };
+    // One step: S of it+1 and P V of it issued, then the softmax of it+1 beside them.
+    auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
+      next_stage(it + 1);
+      issue_s((it + 1) % STAGES);
+      issue_pv(it % STAGES, pcur);
+      wgmma_wait<1>();
+      fence_regs(s);
+      softmax(it + 1, pnext);
+      wgmma_wait<0>();
+      fence_regs(o);
+      rescale_o();
+    };
+
+    // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
+    next_stage(0);
+    issue_s(0);
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(0, pa[0]);
+    int it = 0;
+    for (; it + 2 < steps; it += 2) {
+      step(it, pa[0], pa[1]);
+      step(it + 1, pa[1], pa[0]);
+    }
+    if (it + 1 < steps) {  // it is even here: the last P lands in pa[1]
+      step(it, pa[0], pa[1]);
+      issue_pv((it + 1) % STAGES, pa[1]);
+    } else {
+      issue_pv(it % STAGES, pa[0]);
+    }
+    wgmma_wait<0>();
+    fence_regs(o);
+    cp_async_wait<0>();
+
+    // Stage: epilogue, straight from the accumulators: a quad of lanes holds 8 dims of a row
+    // in each n8 block.
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      if (r >= rows) continue;
+      const float inv = fast_rcp(row_sum[h]);  // >= 1: the row's largest score contributes exp2(0)
+      const pat_pack_query pq = p.pack_queries[pk.query_begin + r / C::GQA];
+      const int head = kvh * C::GQA + r % C::GQA;
+      u16 *dst = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
+                             : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
+#pragma unroll
+      for (int j = 0; j < 16; j++)
+        *reinterpret_cast<u32 *>(dst + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      if (pq.slot >= 0 && (lane & 3) == 0)
+        p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
+    }
+  }
+};
