@@ -109,7 +109,7 @@ wgmma)
   timeout 300 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
   ;;
 variants)
-  timeout 150 bench/probe_sweep.sh 2>&1 | grep -v '^ptxas' | tee "$out/variants-sweep-$tag.log"
+  [ "${SWEEP:-1}" = 1 ] && timeout 150 bench/probe_sweep.sh 2>&1 | grep -v "^ptxas" | tee "$out/variants-sweep-$tag.log"
   mkdir -p build/variants
   specs=specs/default.yaml
   while IFS=: read -r name subs; do
@@ -122,7 +122,7 @@ variants)
   done <<< "${VARIANTS:-}"
   for s in $specs; do
     n=$(basename $s .yaml)
-    echo "== $n: $(grep -c warp_rows $s) tiles of 32 rows a warp"
+    echo "== $n: $(grep -c warp_rows $s) tiles of 32 rows a warp, $(grep -c "wgmma: 1" $s) wgmma tiles"
     timeout 150 build/gpu/patbench --spec $s --iters 30 --check 2 --out "$out/variants-$n-$tag.jsonl" \
       2>&1 | tee "$out/variants-$n-$tag.txt" | tail -8
   done

@@ -84,7 +84,8 @@ int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)
     const pat_tuning_choice *c = &t->choices[i];
     fprintf(f, "  - {gqa: %d, rows: %d, tokens: %d, m: %d, n: %d, warps: %d, stages: %d", c->gqa, c->rows,
             c->tokens, c->tile.m, c->tile.n, c->tile.warps, c->tile.stages);
-    fprintf(f, pat_tile_warp_rows(&c->tile) == 16 ? "}\n" : ", warp_rows: %d}\n", pat_tile_warp_rows(&c->tile));
+    if (pat_tile_warp_rows(&c->tile) != 16) fprintf(f, ", warp_rows: %d", pat_tile_warp_rows(&c->tile));
+    fprintf(f, c->tile.wgmma ? ", wgmma: 1}\n" : "}\n");
   }
   return ferror(f) ? -1 : 0;
 }

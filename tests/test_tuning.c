@@ -187,6 +187,34 @@ Test(tuning, write_then_read_gives_the_same_table)
   free(buf);
 }
 
+/* A wgmma choice is written with its key and read back; the key takes 0 or 1 only. */
+Test(tuning, wgmma_choice_round_trip)
+{
+  pat_tuning t = parse_ok("spec: default\ngpu: \"G\"\nchoices:\n"
+                          "  - {gqa: 8, rows: 128, tokens: 65536, m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}\n"
+                          "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 4, stages: 3, wgmma: 0}\n");
+  cr_assert_eq(t.choices[0].tile.wgmma, 1);
+  cr_assert_eq(t.choices[1].tile.wgmma, 0);
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  cr_assert_not_null(f);
+  cr_assert_eq(pat_tuning_write(f, &t, "x"), 0);
+  fclose(f);
+  cr_assert(strstr(buf, "warps: 8, stages: 3, wgmma: 1}\n"), "%s", buf);
+  cr_assert(strstr(buf, "warps: 4, stages: 3}\n"), "wgmma 0 is not written: %s", buf);
+  pat_tuning back = parse_ok(buf);
+  cr_assert_eq(back.choices[0].tile.wgmma, 1);
+  cr_assert_eq(back.choices[1].tile.wgmma, 0);
+  free(buf);
+  pat_tuning bad;
+  char err[512];
+  const char *two = "spec: default\nchoices:\n"
+                    "  - {gqa: 8, rows: 128, tokens: 64, m: 128, n: 64, warps: 8, stages: 3, wgmma: 2}\n";
+  cr_assert_eq(pat_tuning_parse(two, strlen(two), "t.yaml", &bad, err, sizeof err), -1);
+  cr_assert(strstr(err, "wgmma"), "%s", err);
+}
+
 /* Tile of every pack of a plan, in pack order. */
 static int *pack_tiles(const pat_host_plan *p)
 {
