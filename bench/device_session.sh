@@ -111,7 +111,7 @@ wgmma)
 variants)
   [ "${SWEEP:-1}" = 1 ] && timeout 150 bench/probe_sweep.sh 2>&1 | grep -v "^ptxas" | tee "$out/variants-sweep-$tag.log"
   mkdir -p build/variants
-  specs=specs/default.yaml
+  specs=$([ "${BASE:-1}" = 1 ] && echo specs/default.yaml)
   while IFS=: read -r name subs; do
     [ -n "$name" ] || continue
     f=build/variants/$name.yaml
