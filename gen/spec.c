@@ -76,13 +76,15 @@ void pat_spec_defaults(pat_spec *spec)
   spec->gqa[2] = 4;
   spec->gqa[3] = 8;
   /* Measured on the paper's trees (bench/NOTES.md): a short-KV tile for leaf packs, a
-  ** 4-warp N split for small packs, and 32/64/128-row tiles for shared prefixes. */
-  spec->num_tiles = 5;
+  ** 4-warp N split for small packs, and 32/64/128-row tiles for shared prefixes; on sm_90
+  ** the 128-row tile runs on wgmma (it replaces the mma.sync one there). */
+  spec->num_tiles = 6;
   spec->tiles[0] = (pat_tile){.m = 16, .n = 32, .warps = 2, .stages = 2};
   spec->tiles[1] = (pat_tile){.m = 16, .n = 64, .warps = 4, .stages = 3};
   spec->tiles[2] = (pat_tile){.m = 32, .n = 64, .warps = 4, .stages = 3};
   spec->tiles[3] = (pat_tile){.m = 64, .n = 64, .warps = 8, .stages = 3};
-  spec->tiles[4] = (pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 2};
+  spec->tiles[4] = (pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 3, .wgmma = 1};
+  spec->tiles[5] = (pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 2};
   spec->split.min_kv_per_split = 256;
   spec->split.max_splits = 64;
   spec->split.ctas_per_sm = 2;

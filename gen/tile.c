@@ -175,6 +175,18 @@ int pat_tile_runs_on(const pat_tile *t, int arch)
   return !t->wgmma || arch == 90;
 }
 
+/* Whether tile i of s is a mma.sync tile that a wgmma tile of the same m and n replaces on
+** this arch. */
+static int replaced(const pat_spec *s, int i, int arch)
+{
+  if (s->tiles[i].wgmma) return 0;
+  for (int j = 0; j < s->num_tiles; j++)
+    if (s->tiles[j].wgmma && pat_tile_runs_on(&s->tiles[j], arch) && s->tiles[j].m == s->tiles[i].m &&
+        s->tiles[j].n == s->tiles[i].n)
+      return 1;
+  return 0;
+}
+
 int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen)
 {
   pat_spec n = *s;
@@ -182,7 +194,7 @@ int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen)
   n.num_model_tiles = 0;
   for (int i = 0; i < s->num_tiles; i++) {
     map[i] = -1;
-    if (!pat_tile_runs_on(&s->tiles[i], arch)) continue;
+    if (!pat_tile_runs_on(&s->tiles[i], arch) || replaced(s, i, arch)) continue;
     map[i] = kept;
     n.tiles[kept++] = s->tiles[i];
     if (i < model) n.num_model_tiles = kept;

@@ -27,9 +27,11 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
 /* Whether the tile's kernels run on a device of compute capability `arch` x 10 (a wgmma tile
 ** needs exactly sm_90, built as sm_90a). */
 int pat_tile_runs_on(const pat_tile *t, int arch);
-/* Drops from *s the tiles that do not run on `arch`; tuning choices follow their tiles (a
-** choice of a dropped tile goes back to the cost model). Returns the number dropped, or -1
-** with a message in err when no tile would be left. */
+/* Drops from *s the tiles that do not run on `arch`, and the mma.sync tiles that a wgmma tile
+** of the same m and n replaces where it runs (so a spec may list both: sm_90 gets the wgmma
+** tile, other archs the mma.sync one). Tuning choices follow their tiles (a choice of a
+** dropped tile goes back to the cost model). Returns the number dropped, or -1 with a
+** message in err when no tile would be left. */
 int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen);
 
 /* Whether two tiles have the same shape (m, n, warps, stages, warp rows, wgmma). */

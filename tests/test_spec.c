@@ -72,13 +72,15 @@ Test(spec, defaults)
   cr_expect_eq(s.page_size, 32);
   cr_assert_eq(s.num_gqa, 4);
   cr_expect(s.gqa[0] == 1 && s.gqa[1] == 2 && s.gqa[2] == 4 && s.gqa[3] == 8);
-  cr_assert_eq(s.num_tiles, 5);
+  cr_assert_eq(s.num_tiles, 6);
   cr_expect(s.tiles[0].m == 16 && s.tiles[0].n == 32 && s.tiles[0].warps == 2 &&
-            s.tiles[0].stages == 2);
+            s.tiles[0].stages == 2 && !s.tiles[0].wgmma);
   cr_expect(s.tiles[1].m == 16 && s.tiles[1].n == 64 && s.tiles[1].warps == 4 &&
             s.tiles[1].stages == 3);
   cr_expect(s.tiles[4].m == 128 && s.tiles[4].n == 64 && s.tiles[4].warps == 8 &&
-            s.tiles[4].stages == 2);
+            s.tiles[4].stages == 3 && s.tiles[4].wgmma == 1);
+  cr_expect(s.tiles[5].m == 128 && s.tiles[5].n == 64 && s.tiles[5].warps == 8 &&
+            s.tiles[5].stages == 2 && !s.tiles[5].wgmma);
   cr_expect_eq(s.split.min_kv_per_split, 256);
   cr_expect_eq(s.split.max_splits, 64);
   cr_expect_eq(s.split.ctas_per_sm, 2);
@@ -405,11 +407,12 @@ Test(spec, wgmma_tile_and_arch_filter)
       "tiles:\n"
       "  - {m: 16, n: 64, warps: 4, stages: 3}\n"
       "  - {m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}\n"
-      "  - {m: 64, n: 64, warps: 8, stages: 3}\n";
+      "  - {m: 64, n: 64, warps: 8, stages: 3}\n"
+      "  - {m: 128, n: 64, warps: 8, stages: 2}\n";
   pat_spec s;
   char err[512];
   cr_assert_eq(parse_str(yaml, &s, err, sizeof err), 0, "%s", err);
-  cr_assert_eq(s.num_tiles, 3);
+  cr_assert_eq(s.num_tiles, 4);
   cr_expect_eq(s.tiles[0].wgmma, 0);
   cr_expect_eq(s.tiles[1].wgmma, 1);
   char name[128];
@@ -420,18 +423,23 @@ Test(spec, wgmma_tile_and_arch_filter)
   cr_expect_eq(pat_tile_threads(&s.tiles[1]), 256);
   cr_expect(!pat_tile_same(&s.tiles[1], &(pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 3}));
 
+  /* sm_90: the wgmma tile replaces the mma.sync tile of its m and n */
   pat_spec on90 = s;
-  cr_expect_eq(pat_spec_keep_arch(&on90, 90, err, sizeof err), 0);
-  cr_expect_eq(on90.num_tiles, 3);
+  cr_expect_eq(pat_spec_keep_arch(&on90, 90, err, sizeof err), 1);
+  cr_assert_eq(on90.num_tiles, 3);
+  cr_expect(on90.tiles[1].wgmma && on90.tiles[2].m == 64);
 
-  s.num_model_tiles = 2;       /* as a tuning table that added tiles[2] leaves it */
+  /* sm_80: the wgmma tile goes, the mma.sync m128 tile stays */
+  s.num_model_tiles = 3;       /* as a tuning table that added tiles[3] leaves it */
   s.tile_choice[0][3][2] = 2;  /* the wgmma tile */
-  s.tile_choice[0][2][1] = 3;  /* the table's own tile, which moves to index 1 */
+  s.tile_choice[0][3][3] = 4;  /* the table's own tile, which moves to index 2 */
+  s.tile_choice[0][2][1] = 3;  /* the m64 tile, which moves to index 1 */
   cr_assert_eq(pat_spec_keep_arch(&s, 80, err, sizeof err), 1, "%s", err);
-  cr_assert_eq(s.num_tiles, 2);
-  cr_expect(s.tiles[0].m == 16 && s.tiles[1].m == 64 && !s.tiles[1].wgmma);
-  cr_expect_eq(s.num_model_tiles, 1);
+  cr_assert_eq(s.num_tiles, 3);
+  cr_expect(s.tiles[0].m == 16 && s.tiles[1].m == 64 && s.tiles[2].m == 128 && !s.tiles[2].wgmma);
+  cr_expect_eq(s.num_model_tiles, 2);
   cr_expect_eq(s.tile_choice[0][3][2], 0);
+  cr_expect_eq(s.tile_choice[0][3][3], 3);
   cr_expect_eq(s.tile_choice[0][2][1], 2);
 
   const char *only = "name: wgonly\ngqa: [8]\ntiles: [{m: 64, n: 64, warps: 4, stages: 3, wgmma: 1}]\n";
