@@ -1,8 +1,11 @@
 // kernel_probe.cu: checks and times the device headers directly (nvcc, no runtime, no JIT):
-// one query per pack, each query's KV cut into SPLITS packs, merge, against a CPU reference.
-// Build: nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe bench/kernel_probe.cu (see bench/probe.sh)
+// QPP queries per pack, each pack's KV cut into SPLITS packs, merge, against a CPU reference.
+// Build: nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe bench/kernel_probe.cu (see bench/probe.sh);
+// with -DP_WGMMA=1 the wgmma kernel (decode_wgmma.cuh), built with
+// -gencode arch=compute_90a,code=sm_90a (see bench/wgmma/run.sh).
 #include "probe_host.h"
 #include "pat/decode.cuh"
+#include "pat/decode_wgmma.cuh"
 #include "pat/merge.cuh"
 
 #ifndef P_D
@@ -35,6 +38,9 @@
 #ifndef P_QREG
 #define P_QREG (P_D <= 128)  // Q fragments held in registers
 #endif
+#ifndef P_WGMMA
+#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused)
+#endif
 
 namespace {
 struct cfg {
@@ -44,10 +50,14 @@ struct cfg {
   static constexpr bool Q_IN_REGS = P_QREG;
 };
 }  // namespace
+#if P_WGMMA
+typedef pat_decode_wgmma<cfg> K;
+#else
 typedef pat_decode<cfg> K;
+#endif
 extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_fwd_params p)
 {
-  extern __shared__ __align__(128) unsigned char smem[];
+  extern __shared__ __align__(1024) unsigned char smem[];
   K::run(p, smem);
 }
 extern "C" __global__ void merge(const pat_merge_params p) { pat_merge_run<pat_fp16, P_D>(p); }
@@ -135,8 +145,9 @@ int main(int argc, char **argv)
   std::vector<unsigned short> hout(hq.size());
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
-  printf("probe D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", D, P_G, P_M, P_WM, P_N, P_W, P_S, P, nq, len, splits,
+  printf("probe %s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA ? "wgmma" : "mma.sync", D, P_G, P_M, P_WM,
+         P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");
   if (timed) probe_time(in, launch);
   return c.ok ? 0 : 1;

@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# run.sh: builds wgmma probe variants (variants.sh) and the mma.sync m128 probe
-# (kernel_probe.cu, the default spec's m128n64w8s2 tile), then runs every build/wg binary on
-# the same GQA-8 workloads: each checked against the CPU reference first, then timed.
+# run.sh: the library's m128 forward kernel on mma.sync (decode.cuh) and on wgmma
+# (decode_wgmma.cuh), both through bench/kernel_probe.cu, on the same GQA-8 workloads: each
+# checked against the CPU reference first, then timed. Extra name:defines arguments build
+# more wgmma variants (e.g. "n128:-DP_N=128" "s4:-DP_S=4").
 # Usage: bench/wgmma/run.sh [name:defines ...]   (GPU machine; or build here and carry
 #        build/wg: BUILD_ONLY=1 bench/wgmma/run.sh ...; RUN_ONLY=1 runs what build/wg has)
+# The first version of this experiment (a standalone kernel with the plain and overlapped
+# loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
+probe() {  # name, nvcc arch flags, defines
+  nvcc -std=c++17 -O2 $2 -Ibuild/probe -Ibench -DP_G=8 -DP_M=128 $3 bench/kernel_probe.cu \
+    -o build/wg/$1 -Xptxas -v 2>&1 | grep -E 'error|registers|spill|C75' | sed "s/^/$1: /"
+}
 if [ "${RUN_ONLY:-0}" != 1 ]; then
-  rm -f build/wg/wgmma_* build/wg/mma_probe
-  bench/wgmma/variants.sh "${@:-ov:}" | grep -v C7519 &
-  nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe -Ibench -DP_G=8 -DP_M=128 -DP_W=8 -DP_N=64 -DP_S=2 \
-    bench/kernel_probe.cu -o build/wg/mma_probe 2>&1 | grep -E 'error' &
+  mkdir -p build/probe/pat build/wg
+  cp templates/device/*.cuh build/probe/pat/ && cp templates/device/pat_params.h build/probe/pat/params.h
+  rm -f build/wg/*
+  probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
+  probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+  for v in "$@"; do
+    probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 ${v#*:}" &
+  done
   wait
 fi
 [ "${BUILD_ONLY:-0}" = 1 ] && exit 0
@@ -17,8 +28,7 @@ fi
 for w in "200 777 8 13 0" "512 256 8 16 0" "256 2048 8 16 0" "64 4096 8 16 0" "1024 2048 8 16 1"; do
   set -- $w
   echo "== $w"
-  for b in build/wg/wgmma_*; do
-    timeout 120 $b $1 $2 $3 $4 1 $5 | sed "s|^|${b#build/wg/}: |"
+  for b in build/wg/*; do
+    timeout 120 $b $1 $2 1 $3 $4 1 $5 | sed "s|^|${b#build/wg/}: |"
   done
-  timeout 120 build/wg/mma_probe $1 $2 1 $3 $4 1 $5 | sed 's/^/mma.sync: /'
 done
