@@ -277,8 +277,9 @@ int main(int argc, char **argv)
         if (!nuse) continue;
         double cur = score_of(&t, gi, use);
         int choice = 0;
-        for (int k = 0; k < spec.num_tiles; k++) {
-          const pat_tile *tl = &spec.tiles[k];
+        /* The context's tiles: those this GPU runs (pat_spec_keep_arch), in its order. */
+        for (int k = 0; k < live->num_tiles; k++) {
+          const pat_tile *tl = &live->tiles[k];
           if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
           live->tile_choice[gi][rc][tc] = (unsigned char)(k + 1);
           double sc = score_of(&t, gi, use);
@@ -291,7 +292,7 @@ int main(int argc, char **argv)
         live->tile_choice[gi][rc][tc] = (unsigned char)choice;
         if (choice)
           tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tokens = token_bound[tc],
-                                                               .tile = spec.tiles[choice - 1]};
+                                                               .tile = live->tiles[choice - 1]};
         snprintf(done, sizeof done, "Partial: swept up to gqa %d, rows <= %d, tokens <= %d.", g, rows, token_bound[tc]);
         if (write_table(out_path, &tab, &ri, &t, done)) return 1;
       }

@@ -25,7 +25,7 @@ static void usage(FILE *f)
     "                                    generate, compile and run a decode workload on the\n"
     "                                    GPU (default spec: specs/default.yaml; page ids are\n"
     "                                    shuffled unless --ordered-pages)\n"
-    "       patgen plan TREE [--spec SPEC.yaml] [--heads Q/KV] [--sms N] [--tuning TABLE.yaml]\n"
+    "       patgen plan TREE [--spec SPEC.yaml] [--heads Q/KV] [--sms N] [--arch sm_XX] [--tuning TABLE.yaml]\n"
     "                                    print the pack plan of a workload tree (\"1,8,512_32,512,256\");\n"
     "                                    --tuning previews a tuning table (on any GPU)\n"
     "       patgen --help | --version\n");

@@ -19,7 +19,7 @@
 
 typedef struct run_args {
   const char *spec, *tree, *tuning;
-  int q_heads, kv_heads, num_sms, iters, ordered;
+  int q_heads, kv_heads, num_sms, iters, ordered, arch;
 } run_args;
 
 static int parse_args(int argc, char **argv, run_args *a, int tree_positional)
@@ -32,6 +32,12 @@ static int parse_args(int argc, char **argv, run_args *a, int tree_positional)
     else if (!strcmp(argv[i], "--iters") && v) a->iters = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--ordered-pages")) a->ordered = 1;
     else if (!strcmp(argv[i], "--tuning") && v && tree_positional) a->tuning = argv[++i];
+    else if (!strcmp(argv[i], "--arch") && v && tree_positional) {
+      if (sscanf(argv[++i], "sm_%d", &a->arch) != 1 || a->arch < 80) {
+        fprintf(stderr, "patgen: --arch wants sm_80, sm_90, ...\n");
+        return -1;
+      }
+    }
     else if (!strcmp(argv[i], "--heads") && v) {
       if (sscanf(argv[++i], "%d/%d", &a->q_heads, &a->kv_heads) != 2 || a->q_heads <= 0 ||
           a->kv_heads <= 0 || a->q_heads % a->kv_heads) {
@@ -133,7 +139,7 @@ out:
 
 int patgen_cmd_plan(int argc, char **argv)
 {
-  run_args a = {.q_heads = 32, .kv_heads = 8, .num_sms = 132};
+  run_args a = {.q_heads = 32, .kv_heads = 8, .num_sms = 132, .arch = 90};
   if (parse_args(argc, argv, &a, 1)) return 2;
   if (!a.tree) {
     fprintf(stderr, "patgen plan: a tree is required, e.g. patgen plan 1,8,512_32,512,256\n");
@@ -152,6 +158,10 @@ int patgen_cmd_plan(int argc, char **argv)
       return 1;
     }
     printf("tuning table %s (measured on %s): %d tile choices\n", a.tuning, t.gpu, t.num_choices);
+  }
+  if (pat_spec_keep_arch(&spec, a.arch, err, sizeof err) < 0) {  /* as a context on that GPU */
+    fprintf(stderr, "patgen plan: %s\n", err);
+    return 1;
   }
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {

@@ -209,6 +209,20 @@ Test(patgen, compile_wgmma_for_sm90a_only)
   cr_expect(strstr(out, "2 kernel builds (3 kernels, 1 archs), 0 failures") != NULL, "got: %s", out);
 }
 
+/* The plan preview keeps the tiles a GPU of the given arch runs: the 128-row tile is the
+** wgmma one on sm_90 (the default) and the mma.sync one on sm_80. */
+Test(patgen, plan_takes_the_arch_tiles)
+{
+  char out[16384];
+  cr_assert_eq(sh("bin/patgen plan 1,1024_2048,32 --heads 64/8", out, sizeof out), 0, "%s", out);
+  cr_expect(strstr(out, "tile m128n64w8s3wg:") != NULL, "got: %s", out);
+  cr_expect(strstr(out, "tile m128n64w8s2:") == NULL, "got: %s", out);
+  cr_assert_eq(sh("bin/patgen plan 1,1024_2048,32 --heads 64/8 --arch sm_80", out, sizeof out), 0, "%s", out);
+  cr_expect(strstr(out, "tile m128n64w8s2:") != NULL, "got: %s", out);
+  cr_expect(strstr(out, "wg:") == NULL, "got: %s", out);
+  cr_expect_eq(sh("bin/patgen plan 1,1024_2048,32 --arch sm_8", out, sizeof out), 2);
+}
+
 Test(patgen, plan_previews_a_tuning_table)
 {
   char out[16384];
