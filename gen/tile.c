@@ -74,9 +74,9 @@ static int wgmma_check(const pat_spec *s, const pat_tile *t, char *err, size_t e
     snprintf(err, errlen, "wgmma: needs head_dim 128, got %d", s->head_dim);
     return -1;
   }
-  int sm90 = 0;
-  for (int i = 0; i < s->num_archs; i++) sm90 |= s->archs[i] == 90;
-  if (!sm90) {
+  int runs = 0;
+  for (int i = 0; i < s->num_archs; i++) runs |= pat_tile_runs_on(t, s->archs[i]);
+  if (!runs) {
     snprintf(err, errlen, "wgmma: runs on sm_90 only; add sm_90 to archs");
     return -1;
   }
@@ -128,7 +128,7 @@ int pat_tile_check(const pat_spec *s, const pat_tile *t, char *err, size_t errle
   if (wgmma_check(s, t, err, errlen)) return -1;
   int smem = pat_tile_smem_bytes(s, t);
   for (int i = 0; i < s->num_archs; i++) {
-    if (t->wgmma && s->archs[i] != 90) continue;  /* never built for other archs */
+    if (!pat_tile_runs_on(t, s->archs[i])) continue;  /* never built for that arch */
     int limit = pat_arch_smem_limit(s->archs[i]);
     if (smem > limit) {
       snprintf(err, errlen, "tile m=%d n=%d stages=%d needs %d bytes of shared memory, "
