@@ -24,9 +24,15 @@ enum { PAGE_WINDOW_BYTES = 256 * 4 };  /* decode.cuh's PAGE_WINDOW page ids */
 */
 int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t)
 {
+  return pat_tile_smem_bytes_for(s, t, t->stages);
+}
+
+int pat_tile_smem_bytes_for(const pat_spec *s, const pat_tile *t, int slots)
+{
+  if (slots < 1 || slots > t->stages) slots = t->stages;
   int e = dtype_bytes(s->dtype);
   int q = t->m * s->head_dim * e;
-  int ring = t->stages * 2 * t->n * s->head_dim * e;
+  int ring = slots * 2 * t->n * s->head_dim * e;
   if (t->wgmma)  /* the output leaves from the accumulators: no epilogue buffer */
     return PAGE_WINDOW_BYTES + q + ring;
   int epilogue = t->warps * pat_tile_warp_rows(t) * (s->head_dim + 2) * 4;

@@ -15,6 +15,12 @@ int pat_tile_threads(const pat_tile *t);
 /* Dynamic shared memory of the forward kernel, in bytes. */
 int pat_tile_smem_bytes(const pat_spec *s, const pat_tile *t);
 
+/* The same with only `slots` (1 .. stages; other values: stages) K/V ring slots: what a
+** launch needs when none of its packs has more than `slots` tiles of N tokens, since a pack
+** of k tiles only ever touches ring slots 0 .. k-1. Less shared memory per CTA lets more
+** CTAs share an SM (1-page leaves: one slot). */
+int pat_tile_smem_bytes_for(const pat_spec *s, const pat_tile *t, int slots);
+
 /* Largest dynamic shared memory per block for an arch (80 -> 166912, 90 -> 232448, ...). */
 int pat_arch_smem_limit(int arch);
 

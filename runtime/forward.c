@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "internal.h"
+#include "tile.h"
 
 /* Makes sure the context's own workspace holds n bytes (synchronises when it grows). */
 static pat_status own_workspace(pat_context *ctx, size_t n, CUdeviceptr *ws)
@@ -87,11 +88,17 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
       if (st) return st;
     }
     const pat_kernel_src *k = &ctx->src.kernels[ki];
+    /* A launch whose packs are all short takes only the ring slots they touch, so that more
+    ** of its CTAs share an SM (1-page leaves: one slot). wgmma kernels keep theirs. */
+    const pat_tile *tile = &ctx->spec.tiles[grp->tile];
+    int smem = k->smem_bytes;
+    if (grp->max_kv_len > 0 && !tile->wgmma)
+      smem = pat_tile_smem_bytes_for(&ctx->spec, tile, (grp->max_kv_len + tile->n - 1) / tile->n);
     fp.packs = (const pat_pack *)(uintptr_t)(plan->meta + plan->off_packs + (size_t)grp->pack_begin * sizeof(pat_pack));
     void *args[] = {&fp};
     CUstream s = forked ? ctx->streams[g % used] : caller;
     if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[ki].fn, (unsigned)grp->num_packs, (unsigned)plan->kv_heads, 1,
-                                      (unsigned)k->threads, 1, 1, (unsigned)k->smem_bytes, s, args, NULL), e, el))
+                                      (unsigned)k->threads, 1, 1, (unsigned)smem, s, args, NULL), e, el))
       return pat_fail(ctx, PAT_ERR_CUDA, "launching %s: %s", k->name, e[0] ? e : "");
   }
   for (int s = 0; s < used; s++) {

@@ -11,6 +11,7 @@ typedef struct pat_tile_group {
   int32_t tile;        /* index into spec.tiles */
   int32_t pack_begin;  /* index of its first pack in pat_host_plan.packs */
   int32_t num_packs;
+  int32_t max_kv_len;  /* its longest pack's kv_len (sizes the launch's K/V ring); 0: unknown */
 } pat_tile_group;
 
 /* A whole plan on the host; the arrays are owned by the plan (pat_host_plan_free). */

@@ -207,7 +207,7 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
     int h = p->num_launches++;
     for (; h > 0 && ctx->spec.tiles[p->launches[h - 1].tile].m < ctx->spec.tiles[t].m; h--)
       p->launches[h] = p->launches[h - 1];
-    p->launches[h] = (pat_tile_group){t, l.tile_begin[t], l.tile_packs[t]};
+    p->launches[h] = (pat_tile_group){t, l.tile_begin[t], l.tile_packs[t], 0};  /* any length */
   }
   p->merge_grid = l.max_merges;
   p->ws_slots = l.max_slots;

@@ -861,8 +861,9 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     const fpack *x = &fp[perm[i]];
     const bpack *p = &c->bp[x->base];
     if (ng == 0 || plan->groups[ng - 1].tile != x->tile)
-      plan->groups[ng++] = (pat_tile_group){x->tile, i, 0};
+      plan->groups[ng++] = (pat_tile_group){x->tile, i, 0, 0};
     plan->groups[ng - 1].num_packs++;
+    if (x->kv_len > plan->groups[ng - 1].max_kv_len) plan->groups[ng - 1].max_kv_len = x->kv_len;
     plan->packs[i] = (pat_pack){pq, p->nq, p->page_begin + x->page_off, x->kv_len};
     for (int32_t j = 0; j < p->nq; j++) {
       int32_t q = c->order[p->q_lo + j];

@@ -95,10 +95,14 @@ static int check_plan(const pat_batch *b, const pat_spec *s, const pat_host_plan
     tile_seen[gr->tile] = 1;
     cr_assert_gt(gr->num_packs, 0, "%s", what);
     cr_assert(gr->pack_begin >= 0 && gr->pack_begin + gr->num_packs <= p->num_packs, "%s: group range", what);
+    int longest = 0;
     for (int i = 0; i < gr->num_packs; i++) {
       cr_assert_eq(pack_tile[gr->pack_begin + i], -1, "%s: pack %d in two groups", what, gr->pack_begin + i);
       pack_tile[gr->pack_begin + i] = gr->tile;
+      if (p->packs[gr->pack_begin + i].kv_len > longest) longest = p->packs[gr->pack_begin + i].kv_len;
     }
+    /* the launch sizes its K/V ring by this: an understatement would overrun shared memory */
+    cr_assert_eq(gr->max_kv_len, longest, "%s: group %d max_kv_len", what, g);
     at += gr->num_packs;
   }
   /* launch order: groups by the expected run time of their first (longest) CTA, descending */
