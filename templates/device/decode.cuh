@@ -10,6 +10,7 @@
 #pragma once
 
 #include "pat/params.h"
+#include "pat/kv_copy.cuh"
 #include "pat/mma.cuh"
 
 // C provides: Elem (pat_fp16 / pat_bf16), HEAD_DIM, PAGE_SIZE, GQA, TILE_M, TILE_N, WARPS_M,
@@ -22,8 +23,8 @@ struct pat_decode {
   static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
   static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
   static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
-  static constexpr int LOAD_ITERS = (C::TILE_N * CHUNKS + THREADS - 1) / THREADS;  // per thread
   static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  typedef pat_kv_copy<C::TILE_N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
   // Dynamic shared memory: the page-id window, the Q tile, then the K/V ring, which the
   // epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c computes the
   // same number.
@@ -107,33 +108,12 @@ struct pat_decode {
       cp_async16(sQ + swz(r, c), src, bytes);
     }
 
-    // K and V tile `step` into ring slot `slot`; tokens past kv_len are zero-filled. Page ids
-    // come from the shared-memory window (global memory past it).
+    // K and V tile `step` into ring slot `slot`.
     const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
     auto load_kv = [&](int slot, int step) {
-      const u32 sK = ring + slot * 2 * KV_TILE_BYTES, sV = sK + KV_TILE_BYTES;
-      // Opaque to the compiler: the LOAD_ITERS addresses are recomputed in every call, not
-      // hoisted out of the main loop into registers that the 1- and 2-warp tiles lack.
-      u32 t0 = tid;
-      asm volatile("" : "+r"(t0));
-#pragma unroll
-      for (int k = 0; k < LOAD_ITERS; k++) {
-        const u32 i = t0 + k * THREADS, r = i / CHUNKS, c = i % CHUNKS;
-        if (LOAD_ITERS * THREADS > C::TILE_N * CHUNKS && i >= C::TILE_N * CHUNKS) break;
-        const u32 t = step * C::TILE_N + r;
-        const u32 pi = t / C::PAGE_SIZE, tip = t % C::PAGE_SIZE;
-        const u16 *src_k = kc, *src_v = vc;
-        int bytes = 0;
-        if (t < (u32)kv_len) {
-          const int page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
-          const long long off = page * page_elems + (int)((tip * p.kv_heads + kvh) * D + c * 8);
-          src_k = kc + off;
-          src_v = vc + off;
-          bytes = 16;
-        }
-        cp_async16(sK + swz(r, c), src_k, bytes);
-        cp_async16(sV + swz(r, c), src_v, bytes);
-      }
+      const u32 sK = ring + slot * 2 * KV_TILE_BYTES;
+      kv_copy::run(sK, sK + KV_TILE_BYTES, kc, vc, s_pages, pages, page_elems, p.kv_heads, kvh, kv_len, step, tid,
+                   [](u32 r, u32 c) { return swz(r, c); });
     };
 
     __syncthreads();  // the page window is written

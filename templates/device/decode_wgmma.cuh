@@ -12,6 +12,7 @@
 #pragma once
 
 #include "pat/params.h"
+#include "pat/kv_copy.cuh"
 #include "pat/wgmma.cuh"
 
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
@@ -23,6 +24,7 @@ struct pat_decode_wgmma {
   static constexpr int THREADS = 2 * M;  // a warpgroup (128 threads) per 64 rows
   static constexpr int CHUNKS = D / 8;   // 16-byte chunks in one row
   static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  typedef pat_kv_copy<N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
   // for the swizzle), the Q tile, the K/V ring. gen/tile.c computes the same number.
@@ -69,24 +71,12 @@ struct pat_decode_wgmma {
       cp_async16(sQ + sw128(r, c, M), src, bytes);
     }
 
-    // K and V of step `step` into ring slot `slot`; tokens past kv_len are zero-filled.
+    // K and V of step `step` into ring slot `slot`.
     const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
     auto load_kv = [&](int slot, int step) {
-      const u32 sK = ring + slot * 2 * KV_BYTES, sV = sK + KV_BYTES;
-      for (int i = tid; i < N * CHUNKS; i += THREADS) {
-        const int r = i / CHUNKS, c = i % CHUNKS, t = step * N + r;
-        const u16 *src_k = kc, *src_v = vc;
-        int bytes = 0;
-        if (t < kv_len) {
-          const int pi = t / C::PAGE_SIZE, page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
-          const long long off = page * page_elems + ((t % C::PAGE_SIZE) * p.kv_heads + kvh) * D + c * 8;
-          src_k = kc + off;
-          src_v = vc + off;
-          bytes = 16;
-        }
-        cp_async16(sK + sw128(r, c, N), src_k, bytes);
-        cp_async16(sV + sw128(r, c, N), src_v, bytes);
-      }
+      const u32 sK = ring + slot * 2 * KV_BYTES;
+      kv_copy::run(sK, sK + KV_BYTES, kc, vc, s_pages, pages, page_elems, p.kv_heads, kvh, kv_len, step, tid,
+                   [](u32 r, u32 c) { return sw128(r, c, N); });
     };
     __syncthreads();  // the page window is written
 
