@@ -7,9 +7,6 @@
 #include "pat/decode.cuh"
 #include "pat/decode_wgmma.cuh"
 #include "pat/merge.cuh"
-#if P_WGMMA == 2
-#include "wgmma/decode_wgmma_ws.cuh"  // experiment: -Ibench
-#endif
 
 #ifndef P_D
 #define P_D 128
@@ -42,8 +39,8 @@
 #define P_QREG (P_D <= 128)  // Q fragments held in registers
 #endif
 #ifndef P_WGMMA
-#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused);
-#endif             // 2: the same with a producer warpgroup (bench/wgmma/decode_wgmma_ws.cuh)
+#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused)
+#endif
 
 namespace {
 struct cfg {
@@ -53,9 +50,7 @@ struct cfg {
   static constexpr bool Q_IN_REGS = P_QREG;
 };
 }  // namespace
-#if P_WGMMA == 2
-typedef pat_decode_wgmma_ws<cfg> K;
-#elif P_WGMMA
+#if P_WGMMA
 typedef pat_decode_wgmma<cfg> K;
 #else
 typedef pat_decode<cfg> K;
@@ -151,7 +146,7 @@ int main(int argc, char **argv)
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
   printf("probe %s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA == 2 ? "wgmma-ws" : P_WGMMA ? "wgmma" : "mma.sync", D, P_G, P_M, P_WM,
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA ? "wgmma" : "mma.sync", D, P_G, P_M, P_WM,
          P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");
   if (timed) probe_time(in, launch);

@@ -5,7 +5,8 @@
 # more wgmma variants (e.g. "n128:-DP_N=128" "s4:-DP_S=4").
 # Usage: bench/wgmma/run.sh [name:defines ...]   (GPU machine; or build here and carry
 #        build/wg: BUILD_ONLY=1 bench/wgmma/run.sh ...; RUN_ONLY=1 runs what build/wg has)
-# "ws": the producer-warpgroup experiment (bench/wgmma/decode_wgmma_ws.cuh), not yet run.
+# The producer-warpgroup experiment (decode_wgmma_ws.cuh, kernel_probe -DP_WGMMA=2) ran once
+# and was not faster (bench/NOTES.md); it is in git history at f013a72.
 # The first version of this experiment (a standalone kernel with the plain and overlapped
 # loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
@@ -19,7 +20,6 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   rm -f build/wg/*
   probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
   probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
-  probe wgmma_ws "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=2 -DP_N=64 -DP_S=3" &
   for v in "$@"; do
     probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 ${v#*:}" &
   done
