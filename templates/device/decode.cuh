@@ -143,6 +143,11 @@ struct pat_decode {
     }
     u32 qf[Q_REG_STEPS][4];
 
+    // The (query, slot) of this warp's first epilogue row, read now so that its latency hides
+    // behind the main loop; the epilogue's later rows of the same query reuse it.
+    int pq_at = warp / C::GQA;
+    pat_pack_query pq = warp < rows ? p.pack_queries[pk.query_begin + pq_at] : pat_pack_query{0, -1};
+
     for (int it = 0; it < steps; it++) {
       // Stage: wait for tile `it`; the barrier also frees the slot read in step it-1.
       cp_async_wait<C::STAGES - 2>();
@@ -312,7 +317,10 @@ struct pat_decode {
         l += sL[w] * f[wn];
       }
       const float inv = fast_rcp(l);  // l >= 1: the row's largest score contributes exp2(0)
-      const pat_pack_query pq = p.pack_queries[pk.query_begin + r / C::GQA];
+      if (r / C::GQA != pq_at) {
+        pq_at = r / C::GQA;
+        pq = p.pack_queries[pk.query_begin + pq_at];
+      }
       const int head = kvh * C::GQA + r % C::GQA;
 #pragma unroll
       for (int c = lane * 4; c < D; c += 128) {

@@ -96,7 +96,14 @@ struct pat_decode_wgmma {
       cp_async_commit();
     };
 
-    // This thread's rows: lane/4 and lane/4 + 8 of its warp's 16 (accumulator layout).
+    // This thread's rows: lane/4 and lane/4 + 8 of its warp's 16 (accumulator layout). Their
+    // destinations are read now, so that the loads' latency hides behind the main loop.
+    pat_pack_query dst[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
+    }
     float o[64];  // O: 64 rows x 128 dims a warpgroup; dims 8j + 2 (lane % 4) + {0, 1} in o[4j ..]
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
@@ -218,13 +225,13 @@ struct pat_decode_wgmma {
       const int r = warp * 16 + (lane >> 2) + 8 * h;
       if (r >= rows) continue;
       const float inv = fast_rcp(row_sum[h]);  // >= 1: the row's largest score contributes exp2(0)
-      const pat_pack_query pq = p.pack_queries[pk.query_begin + r / C::GQA];
+      const pat_pack_query pq = dst[h];
       const int head = kvh * C::GQA + r % C::GQA;
-      u16 *dst = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
+      u16 *out = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
                              : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
 #pragma unroll
       for (int j = 0; j < 16; j++)
-        *reinterpret_cast<u32 *>(dst + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+        *reinterpret_cast<u32 *>(out + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
       if (pq.slot >= 0 && (lane & 3) == 0)
         p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
     }
