@@ -13,6 +13,10 @@
 #   wgmma     the wgmma probe against the mma.sync m128 probe (bench/wgmma/run.sh)
 #   variants  the tile-variant sweep, then patbench on the default spec and on copies of it
 #             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
+#   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
+#             (old kernels, when carried), build/gpu, and every spec in SPECS (e.g. variants)
+#   sass      ncu source counters (stall samples per SASS instruction) of the kernels of one
+#             case (CASE, default 1,256_256,32:64/8), summarised by bench/ncu_sass_summary.py
 set -u -o pipefail
 out=${OUT:-build}
 export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -107,6 +111,32 @@ ab)
   ;;
 wgmma)
   timeout 300 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
+  ;;
+subset)
+  quick_tests 2>&1 | tee "$out/subset-tests-$tag.log"
+  trees="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
+  trees="$trees;1,16,32,64,128,1024_256,128,64,32,32,32;8,16,32,256_512,512,256,32;1,1024_2048,32"
+  trees="$trees;4,16,256,512_512,32,128,32;1,2,64_1024,256,256"
+  runs="gpu:specs/default.yaml"
+  [ -d build/gpu_base ] && runs="gpu_base:specs/default.yaml $runs"
+  for s in ${SPECS:-}; do runs="$runs gpu:$s"; done
+  for r in $runs; do
+    b=${r%%:*} spec=${r#*:} n=$(basename ${r#*:} .yaml)-${r%%:*}
+    echo "== $n: $(LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 100 build/$b/patbench --spec $spec --trees "$trees" \
+      --iters 50 --check 2 --out "$out/subset-$n-$tag.jsonl" 2>&1 | tee "$out/subset-$n-$tag.txt" | grep -E 'geomean|fail')"
+  done
+  ;;
+sass)
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  case=${CASE:-1,256_256,32:64/8}
+  for k in $(build/gpu/patgen plan --tree ${case%%:*} --heads ${case##*:} | awk '/^  tile/ {print $2}' | tr -d :) merge; do
+    f="$out/sass-$k-$tag.csv"
+    timeout 120 $ncu --clock-control none --section SourceCounters --section WarpStateStats --page source \
+      --print-source sass --csv -k regex:$k --launch-count 1 \
+      build/gpu/patgen run --tree ${case%%:*} --heads ${case##*:} --iters 1 > "$f" 2>&1
+    echo "== $k"; python3 bench/ncu_sass_summary.py "$f" 2>&1 | head -30
+    gzip -f "$f"
+  done
   ;;
 variants)
   [ "${SWEEP:-1}" = 1 ] && timeout 150 bench/probe_sweep.sh 2>&1 | grep -v "^ptxas" | tee "$out/variants-sweep-$tag.log"
