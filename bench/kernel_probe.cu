@@ -2,7 +2,9 @@
 // QPP queries per pack, each pack's KV cut into SPLITS packs, merge, against a CPU reference.
 // Build: nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe bench/kernel_probe.cu (see bench/probe.sh);
 // with -DP_WGMMA=1 the wgmma kernel (decode_wgmma.cuh), built with
-// -gencode arch=compute_90a,code=sm_90a (see bench/wgmma/run.sh).
+// -gencode arch=compute_90a,code=sm_90a (see bench/wgmma/run.sh); with -DP_HEAD_MAJOR=1 the
+// CTAs in kv-head-fastest order (see bench/cta_order.sh).
+// Run: kernel_probe NQ LEN SPLITS KVH QPP [TIMED [ALL_SHARE [FLUSH]]].
 #include "probe_host.h"
 #include "pat/decode.cuh"
 #include "pat/decode_wgmma.cuh"
@@ -55,10 +57,17 @@ typedef pat_decode_wgmma<cfg> K;
 #else
 typedef pat_decode<cfg> K;
 #endif
+#ifndef P_HEAD_MAJOR
+#define P_HEAD_MAJOR 0  // 1: a 1-D grid, kv head fastest (the CTAs of one pack's heads run together)
+#endif
 extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_fwd_params p)
 {
   extern __shared__ __align__(1024) unsigned char smem[];
-  K::run(p, smem);
+#if P_HEAD_MAJOR
+  K::run(p, smem, blockIdx.x / p.kv_heads, blockIdx.x % p.kv_heads);
+#else
+  K::run(p, smem, blockIdx.x, blockIdx.y);  // the library's order: packs x kv heads
+#endif
 }
 extern "C" __global__ void merge(const pat_merge_params p) { pat_merge_run<pat_fp16, P_D>(p); }
 
@@ -71,6 +80,7 @@ int main(int argc, char **argv)
   int qpp = argc > 5 ? atoi(argv[5]) : 1;       // queries per pack (all share the same pages)
   int timed = argc > 6 ? atoi(argv[6]) : 0;
   const bool all_share = argc > 7 && atoi(argv[7]);  // every pack reads the same pages
+  const bool flush = argc > 8 && atoi(argv[8]);      // timed runs start with L2 flushed
   const int D = P_D, P = P_PAGE, qh = kvh * P_G;
   const probe_inputs in = probe_make_inputs(nq, len, kvh, qpp, D, P_G, P, all_share);
   const int pages_per_q = in.pages_per_q, ngroups = in.ngroups;
@@ -134,7 +144,7 @@ int main(int argc, char **argv)
   pat_merge_params mp = {dpo, dlse, dout, (const pat_merge_item *)ditems, (long long)qh * D, qh};
   int smem = K::SMEM_BYTES;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  dim3 grid((unsigned)packs.size(), kvh);
+  const dim3 grid = P_HEAD_MAJOR ? dim3((unsigned)packs.size() * kvh) : dim3((unsigned)packs.size(), kvh);
   auto launch = [&] {
     fwd<<<grid, K::THREADS, smem>>>(p);
     if (!items.empty()) merge<<<dim3((unsigned)items.size(), (qh + 3) / 4), 128>>>(mp);
@@ -145,10 +155,11 @@ int main(int argc, char **argv)
   std::vector<unsigned short> hout(hq.size());
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
-  printf("probe %s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA ? "wgmma" : "mma.sync", D, P_G, P_M, P_WM,
+  printf("probe %s%s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA ? "wgmma" : "mma.sync",
+         P_HEAD_MAJOR ? " head-major" : "", D, P_G, P_M, P_WM,
          P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");
-  if (timed) probe_time(in, launch);
+  if (timed) probe_time(in, launch, flush);
   return c.ok ? 0 : 1;
 }

@@ -69,7 +69,7 @@ extern "C" __global__ void __launch_bounds__(${threads})
 ${name}(const pat_fwd_params p)
 {
   extern __shared__ __align__(1024) unsigned char smem[];
-  tile::run(p, smem);
+  tile::run(p, smem, blockIdx.x, blockIdx.y);  // grid: packs x kv heads
 }
 ]], env)
   return out:text()

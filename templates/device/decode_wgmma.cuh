@@ -41,12 +41,14 @@ struct pat_decode_wgmma {
 
   static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
-  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem)
+  // One CTA: pack `pack` of the launch against kv head `kvh` (the kernel's wrapper maps its
+  // block index to the two).
+  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh)
   {
-    const pat_pack pk = p.packs[blockIdx.x];
+    const pat_pack pk = p.packs[pack];
     // An empty pack pads a launch to a fixed grid (CUDA graphs replay fixed grids).
     if (pk.num_queries == 0) return;
-    const int kvh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int rows = pk.num_queries * C::GQA;
 
     int *s_pages = reinterpret_cast<int *>(smem);
