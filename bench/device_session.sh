@@ -11,6 +11,7 @@
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
 #             then the tile-variant sweep of bench/probe_sweep.sh
 #   wgmma     the wgmma probe against the mma.sync m128 probe (bench/wgmma/run.sh)
+#   order     the CTA-order experiment: both grid orders of two tiles (bench/cta_order.sh)
 #   variants  the tile-variant sweep, then patbench on the default spec and on copies of it
 #             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
 #   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
@@ -111,6 +112,9 @@ ab)
   ;;
 wgmma)
   timeout 300 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
+  ;;
+order)
+  timeout 300 bench/cta_order.sh 2>&1 | tee "$out/cta-order-$tag.log"
   ;;
 subset)
   quick_tests 2>&1 | tee "$out/subset-tests-$tag.log"
