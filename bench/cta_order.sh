@@ -7,13 +7,13 @@
 # checked against the CPU reference, then timed with L2 flushed before every run.
 # Usage: bench/cta_order.sh (GPU machine; or BUILD_ONLY=1 here, carry build/order, RUN_ONLY=1)
 set -u
+source bench/probe_build.sh
 probe() {  # name, nvcc arch flags, defines
-  nvcc -std=c++17 -O2 $2 -Ibuild/probe -Ibench -DP_G=8 $3 bench/kernel_probe.cu -o build/order/$1 \
-    -Xptxas -v 2>&1 | grep -E 'error|spill' | grep -v ' 0 bytes spill' | sed "s/^/$1: /"
+  probe_nvcc build/order/$1 "$2" -DP_G=8 $3
 }
 if [ "${RUN_ONLY:-0}" != 1 ]; then
-  mkdir -p build/probe/pat build/order
-  cp templates/device/*.cuh build/probe/pat/ && cp templates/device/pat_params.h build/probe/pat/params.h
+  mkdir -p build/order
+  probe_headers
   rm -f build/order/*
   for o in 0 1; do
     probe leaf_o$o "-arch=sm_90" "-DP_M=16 -DP_W=2 -DP_N=32 -DP_S=2 -DP_HEAD_MAJOR=$o" &

@@ -3,13 +3,13 @@
 # Usage: bench/probe.sh [ARCH]   (ARCH defaults to sm_90)
 set -u
 arch=${1:-sm_90}
-inc=build/probe
-mkdir -p $inc/pat bin/probe
-cp templates/device/*.cuh $inc/pat/ && cp templates/device/pat_params.h $inc/pat/params.h
+source bench/probe_build.sh
+mkdir -p bin/probe
+probe_headers
 fail=0
 build() {  # name defines...
   local name=$1; shift
-  nvcc -std=c++17 -O2 -arch=$arch -I$inc "$@" bench/kernel_probe.cu -o bin/probe/$name || fail=1
+  probe_nvcc bin/probe/$name -arch=$arch "$@"
 }
 build d128_m16w4 -DP_M=16 -DP_W=4 -DP_N=64 -DP_S=3 &
 build d128_m64w4 -DP_M=64 -DP_W=4 -DP_N=64 -DP_S=2 &

@@ -5,9 +5,9 @@
 # A variant is "name|defines|workloads"; a workload is "queries len splits kv_heads per_pack".
 set -u
 arch=${1:-sm_90}
-inc=build/probe
-mkdir -p $inc/pat bin/probe
-cp templates/device/*.cuh $inc/pat/ && cp templates/device/pat_params.h $inc/pat/params.h
+source bench/probe_build.sh
+mkdir -p bin/probe
+probe_headers
 big="512 256 1 8 16;256 2048 1 8 16"
 mid="512 256 1 8 8;256 2048 1 8 8"
 leaf="256 64 1 8 1;2048 32 1 8 1"
@@ -24,14 +24,13 @@ variants=(
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name defs _ <<< "$v"
-  nvcc -std=c++17 -O2 -arch=$arch -I$inc -DP_G=${G:-8} $defs bench/kernel_probe.cu -o bin/probe/$name \
-    -Xptxas -v 2> bin/probe/$name.ptxas || echo "build failed: $name" &
+  { probe_nvcc bin/probe/$name -arch=$arch -DP_G=${G:-8} $defs > /dev/null || echo "build failed: $name"; } &
 done
 wait
 for v in "${variants[@]}"; do
   IFS='|' read -r name defs works <<< "$v"
-  regs=$(grep -A2 "entry function 'fwd'" bin/probe/$name.ptxas | grep -o 'Used [0-9]* registers' | grep -o '[0-9]*')
-  spill=$(grep -A1 "entry function 'fwd'" bin/probe/$name.ptxas | grep -o '[0-9]* bytes spill stores')
+  regs=$(grep -A3 "entry function 'fwd'" bin/probe/$name.ptxas | grep -o 'Used [0-9]* registers' | grep -o '[0-9]*')
+  spill=$(grep -A2 "entry function 'fwd'" bin/probe/$name.ptxas | grep -o '[0-9]* bytes spill stores')
   echo "== $name ($defs): ${regs:-?} registers, ${spill:-no spill info}"
   IFS=';' read -ra ws <<< "$works"
   for w in "${ws[@]}"; do bin/probe/$name $w 1 | sed 's/^probe /  /'; done

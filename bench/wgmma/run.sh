@@ -10,13 +10,13 @@
 # The first version of this experiment (a standalone kernel with the plain and overlapped
 # loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
+source bench/probe_build.sh
 probe() {  # name, nvcc arch flags, defines
-  nvcc -std=c++17 -O2 $2 -Ibuild/probe -Ibench -DP_G=8 -DP_M=128 $3 bench/kernel_probe.cu \
-    -o build/wg/$1 -Xptxas -v 2>&1 | grep -E 'error|registers|spill|C75' | sed "s/^/$1: /"
+  probe_nvcc build/wg/$1 "$2" -DP_G=8 -DP_M=128 $3
 }
 if [ "${RUN_ONLY:-0}" != 1 ]; then
-  mkdir -p build/probe/pat build/wg
-  cp templates/device/*.cuh build/probe/pat/ && cp templates/device/pat_params.h build/probe/pat/params.h
+  mkdir -p build/wg
+  probe_headers
   rm -f build/wg/*
   probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
   probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
@@ -30,7 +30,7 @@ fi
 for w in "200 777 8 13 0" "512 256 8 16 0" "256 2048 8 16 0" "64 4096 8 16 0" "1024 2048 8 16 1"; do
   set -- $w
   echo "== $w"
-  for b in build/wg/*; do
+  for b in $(ls build/wg/* | grep -v '\.ptxas$'); do
     timeout 120 $b $1 $2 1 $3 $4 1 $5 | sed "s|^|${b#build/wg/}: |"
   done
 done
