@@ -142,6 +142,25 @@ DTYPE_CASE(bf16_d128_p32, "bf16", 128, 32, TILES_64_128, TOL_BF16)
 DTYPE_CASE(bf16_d256_p16, "bf16", 256, 16, TILES_256, TOL_BF16)
 DTYPE_CASE(bf16_d256_p32, "bf16", 256, 32, TILES_256, TOL_BF16)
 
+/* The page sizes the dtype suites leave out (8, 64, 128): the K/V copy looks a page up where
+** a thread's row enters one, which depends on the page size against the tile's N and the
+** rows a thread steps by (templates/device/kv_copy.cuh). A leaf tile (4 rows a step), a
+** 64-row tile (16) and, on sm_90, the wgmma tile; GQA 1 and 8. */
+Test(gpu, page_sizes_rest, .timeout = 900)
+{
+  skip_without_gpu();
+  static const int gq[] = {1, 8};
+  static const int pages[] = {8, 64, 128};
+  for (int i = 0; i < 3; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "page_%d", pages[i]);
+    random_trees(write_spec(name, "fp16", 128, pages[i], "[1, 8]",
+                            "[{m: 16, n: 32, warps: 2, stages: 2}, {m: 64, n: 64, warps: 8, stages: 3}, "
+                            "{m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}]"),
+                 pages[i], gq, 2, TOL_FP16, 2);
+  }
+}
+
 /* Every tile of specs/paper.yaml alone (so the scheduler must use it), GQA 1, 2, 4, 8. */
 Test(gpu, paper_tiles_each, .timeout = 900)
 {
