@@ -34,7 +34,7 @@ echo "GPU: $gpu   python: $py   tag: $tag"
 
 # The quick GPU suites (all but the long paper-tree sweep), failures and totals only.
 quick_tests() {
-  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/t*' 'gpu/w*' 'gpu_graph/*'; do
+  for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/page*' 'gpu/t*' 'gpu/w*' 'gpu_graph/*'; do
     timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
   done
 }
