@@ -11,12 +11,12 @@
 #define XXH_INLINE_ALL /* header-only: nothing to link */
 #include <xxhash.h>
 
+#include "../templates/device/pat_params.h"
 #include "embedded.h"
 #include "lua_host.h"
 #include "tile.h"
 #include "version.h"
 
-enum { MERGE_THREADS = 128 };
 
 /* The spec as one deterministic line: what a kernel depends on, and nothing else. */
 static void canonical_spec(const pat_spec *s, char *buf, size_t n)
@@ -148,7 +148,7 @@ int pat_generate(const pat_spec *s, pat_kernel_set *out, char *err, size_t errle
   }
   pat_kernel_src *mk = &ks[count - 1];
   mk->tile = -1;
-  mk->threads = MERGE_THREADS;
+  mk->threads = PAT_MERGE_THREADS;
   pat_merge_kernel_name(s, mk->name, sizeof mk->name);
   for (int i = 0; i < count; i++) snprintf(ks[i].file, sizeof ks[i].file, "%s.cu", ks[i].name);
 

@@ -117,9 +117,9 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
                            .items = (const pat_merge_item *)(uintptr_t)(plan->meta + plan->off_merges),
                            .o_stride = o_stride, .q_heads = plan->q_heads};
     void *args[] = {&mp};
-    const pat_kernel_src *k = &ctx->src.kernels[mi];
-    unsigned head_groups = (unsigned)(plan->q_heads + k->threads / 32 - 1) / (unsigned)(k->threads / 32);
-    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)plan->merge_grid, head_groups, 1, (unsigned)k->threads,
+    const long long chunks = (long long)plan->q_heads * D / 8, per_cta = (long long)PAT_MERGE_THREADS * PAT_MERGE_VECS;
+    const unsigned groups = (unsigned)((chunks + per_cta - 1) / per_cta);
+    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)plan->merge_grid, groups, 1, PAT_MERGE_THREADS,
                                       1, 1, 0, caller, args, NULL), e, el))
       return PAT_ERR_CUDA;
   }

@@ -9,7 +9,7 @@ return function(ctx)
   }
   local out = prelude.buffer()
   out:banner(ctx, "templates/merge.cu.lua", {
-    prelude.sub_text("Merge kernel: ${dtype}, head_dim ${head_dim}; one warp per (query, head), ${threads} threads a CTA.", env),
+    prelude.sub_text("Merge kernel: ${dtype}, head_dim ${head_dim}; a CTA per (query, group of output chunks), ${threads} threads.", env),
   })
   out:sub([[
 #include "pat/merge.cuh"

@@ -1,89 +1,93 @@
 // merge.cuh: combines a query's partial results (one per split) by their log2-sum-exp2.
-// One warp per (query, head): block (item, group of 4 heads), lanes over the head's elements.
+// Block (item, chunk group) of PAT_MERGE_THREADS threads; a thread owns PAT_MERGE_VECS
+// 16-byte chunks (8 elements) of the query's q_heads x HEAD_DIM outputs, PAT_MERGE_THREADS
+// chunks apart, so that a warp's loads are contiguous.
 //
-// The merge is latency-bound (a few KB per warp), so it issues its loads in wide rounds:
-// lane s reads the LSE of split s (one round for up to 32 splits), the weights travel by
-// shuffle, and the partial outputs of MERGE_BATCH splits are loaded before any is summed.
+// The merge is latency-bound (a few KB a CTA): a round issues the partial outputs and LSEs
+// of PAT_MERGE_SPLITS splits for all of a thread's chunks before it uses any, so a query
+// with up to that many splits costs two dependent reads (its item, then everything else).
+// Further rounds rescale the running sums, as the forward kernels' online softmax does.
 #pragma once
 
 #include "pat/params.h"
 #include "pat/mma.cuh"
 
-enum { PAT_MERGE_HEADS_PER_CTA = 4 };  // blockDim.x = 32 x this
-enum { PAT_MERGE_BATCH = 8 };          // partial outputs in flight per lane and column
-
-__device__ __forceinline__ float warp_max(float v)
-{
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v)
-{
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+enum { PAT_MERGE_SPLITS = 2 };  // splits loaded per round
 
 template <class E, int HEAD_DIM>
 __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
 {
-  constexpr int COLS = (HEAD_DIM + 127) / 128;  // float4 columns per lane
+  constexpr int VEC = 8;  // elements a chunk
+  constexpr int K = PAT_MERGE_VECS, R = PAT_MERGE_SPLITS;
+  static_assert(HEAD_DIM % VEC == 0, "a head is whole chunks");
   const pat_merge_item item = p.items[blockIdx.x];
-  const int head = blockIdx.y * PAT_MERGE_HEADS_PER_CTA + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (item.num_splits == 0 || head >= p.q_heads) return;  // warp-uniform: padding of a fixed grid
-  const int n = item.num_splits;
-  const float *lse = p.part_lse + (long long)item.slot_begin * p.q_heads + head;
-  const u16 *po =
-      static_cast<const u16 *>(p.part_o) + ((long long)item.slot_begin * p.q_heads + head) * HEAD_DIM;
-  const long long split_stride = (long long)p.q_heads * HEAD_DIM;
+  if (item.num_splits == 0) return;  // padding of a fixed grid
+  const int chunks = p.q_heads * (HEAD_DIM / VEC);
+  const int first = blockIdx.y * (PAT_MERGE_THREADS * K) + threadIdx.x;
+  const long long split_stride = (long long)p.q_heads * HEAD_DIM;  // elements
+  const u16 *po = static_cast<const u16 *>(p.part_o) + item.slot_begin * split_stride;
+  const float *lse = p.part_lse + (long long)item.slot_begin * p.q_heads;
+  const float neg_inf = __int_as_float(0xff800000);
 
-  // The largest LSE keeps exp2 in range; a head with no finite LSE subtracts 0 (no inf - inf).
-  float m = __int_as_float(0xff800000);
-  for (int s = lane; s < n; s += 32) m = fmaxf(m, lse[(long long)s * p.q_heads]);
-  m = warp_max(m);
-  if (m == __int_as_float(0xff800000)) m = 0.f;
-
-  float l = 0.f;
-  float4 acc[COLS];
+  float m[K], l[K], acc[K][VEC];
 #pragma unroll
-  for (int k = 0; k < COLS; k++) acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s0 = 0; s0 < n; s0 += 32) {
-    const int cnt = n - s0 < 32 ? n - s0 : 32;
-    const float w = lane < cnt ? fast_exp2(lse[(long long)(s0 + lane) * p.q_heads] - m) : 0.f;
-    l += w;
-    for (int j = 0; j < cnt; j += PAT_MERGE_BATCH) {
-      float wj[PAT_MERGE_BATCH];
-      float4 v[PAT_MERGE_BATCH][COLS];
+  for (int k = 0; k < K; k++) {
+    m[k] = neg_inf;
+    l[k] = 0.f;
 #pragma unroll
-      for (int u = 0; u < PAT_MERGE_BATCH; u++) {
-        wj[u] = __shfl_sync(0xffffffffu, w, (j + u) & 31);  // every lane shuffles: no divergence
+    for (int e = 0; e < VEC; e++) acc[k][e] = 0.f;
+  }
+  for (int s0 = 0; s0 < item.num_splits; s0 += R) {
+    uint4 v[R][K];
+    float x[R][K];
 #pragma unroll
-        for (int k = 0; k < COLS; k++) {
-          const int c = lane * 4 + k * 128;
-          v[u][k] = make_float4(0.f, 0.f, 0.f, 0.f);
-          if (j + u < cnt && c < HEAD_DIM)
-            v[u][k] = load4<E>(po + (s0 + j + u) * split_stride + c);
-        }
-      }
+    for (int r = 0; r < R; r++) {
 #pragma unroll
-      for (int u = 0; u < PAT_MERGE_BATCH; u++) {
-        const float f = j + u < cnt ? wj[u] : 0.f;
-#pragma unroll
-        for (int k = 0; k < COLS; k++) {
-          acc[k].x += v[u][k].x * f; acc[k].y += v[u][k].y * f;
-          acc[k].z += v[u][k].z * f; acc[k].w += v[u][k].w * f;
+      for (int k = 0; k < K; k++) {
+        const int c = first + k * PAT_MERGE_THREADS, s = s0 + r;
+        v[r][k] = make_uint4(0u, 0u, 0u, 0u);
+        x[r][k] = neg_inf;  // weight 0
+        if (s < item.num_splits && c < chunks) {
+          v[r][k] = *reinterpret_cast<const uint4 *>(po + s * split_stride + c * VEC);
+          x[r][k] = lse[(long long)s * p.q_heads + c / (HEAD_DIM / VEC)];
         }
       }
     }
-  }
-  const float inv = 1.f / warp_sum(l);
 #pragma unroll
-  for (int k = 0; k < COLS; k++) {
-    const int c = lane * 4 + k * 128;
-    if (c < HEAD_DIM)
-      store4<E>(static_cast<u16 *>(p.out) + item.query * p.o_stride + head * HEAD_DIM + c,
-                acc[k].x * inv, acc[k].y * inv, acc[k].z * inv, acc[k].w * inv);
+    for (int k = 0; k < K; k++) {
+      float mx = m[k];
+#pragma unroll
+      for (int r = 0; r < R; r++) mx = fmaxf(mx, x[r][k]);
+      const float base = mx == neg_inf ? 0.f : mx;  // nothing finite yet: no inf - inf
+      const float f = fast_exp2(m[k] - base);      // rescales the earlier rounds (0 at first)
+      l[k] *= f;
+#pragma unroll
+      for (int e = 0; e < VEC; e++) acc[k][e] *= f;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const float w = fast_exp2(x[r][k] - base);
+        const u32 u[4] = {v[r][k].x, v[r][k].y, v[r][k].z, v[r][k].w};
+        l[k] += w;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+          const float2 a = E::unpack(u[j]);
+          acc[k][2 * j] += w * a.x;
+          acc[k][2 * j + 1] += w * a.y;
+        }
+      }
+      m[k] = mx;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const int c = first + k * PAT_MERGE_THREADS;
+    if (c >= chunks) continue;
+    const float inv = 1.f / l[k];
+    uint4 o;
+    o.x = E::pack(acc[k][0] * inv, acc[k][1] * inv);
+    o.y = E::pack(acc[k][2] * inv, acc[k][3] * inv);
+    o.z = E::pack(acc[k][4] * inv, acc[k][5] * inv);
+    o.w = E::pack(acc[k][6] * inv, acc[k][7] * inv);
+    *reinterpret_cast<uint4 *>(static_cast<u16 *>(p.out) + item.query * p.o_stride + c * VEC) = o;
   }
 }

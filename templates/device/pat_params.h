@@ -43,6 +43,10 @@ typedef struct pat_fwd_params {
   float scale_log2;       /* softmax scale x log2(e) */
 } pat_fwd_params;
 
+/* The merge kernel's block: PAT_MERGE_THREADS threads of PAT_MERGE_VECS 16-byte output chunks
+** each; grid (merge items, chunk groups covering q_heads x HEAD_DIM / 8 chunks). */
+enum { PAT_MERGE_THREADS = 128, PAT_MERGE_VECS = 2 };
+
 typedef struct pat_merge_params {
   const void *part_o;     /* as in pat_fwd_params, device */
   const float *part_lse;  /* device */
