@@ -193,6 +193,8 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
   }
   if (PAT_CU(cu, cu->cuCtxSetCurrent(ctx->cuctx), e, el))
     return create_failed(ctx, PAT_ERR_CUDA, msg, msglen);
+  const char *pdl = getenv("PAT_PDL");
+  ctx->chain = ctx->arch >= 90 && !(pdl && !strcmp(pdl, "off"));
   if (spec) {
     snprintf(ctx->tuning, sizeof ctx->tuning, "as given by the caller (no table read)");
   } else {

@@ -51,6 +51,7 @@ static const entry entries[] = {
   E(cuFuncSetAttribute, "cuFuncSetAttribute", 9000, "cuFuncSetAttribute"),
   E(cuFuncGetAttribute, "cuFuncGetAttribute", 2020, "cuFuncGetAttribute"),
   E(cuLaunchKernel, "cuLaunchKernel", 4000, "cuLaunchKernel"),
+  E(cuLaunchKernelEx, "cuLaunchKernelEx", 12000, "cuLaunchKernelEx"),
   E(cuMemAlloc, "cuMemAlloc", 3020, "cuMemAlloc_v2"),
   E(cuMemFree, "cuMemFree", 3020, "cuMemFree_v2"),
   E(cuMemAllocHost, "cuMemAllocHost", 3020, "cuMemAllocHost_v2"),

@@ -39,6 +39,7 @@ typedef struct pat_cuda {
                              unsigned int bx, unsigned int by, unsigned int bz,
                              unsigned int smem_bytes, CUstream stream, void **params,
                              void **extra);
+  CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *config, CUfunction fn, void **params, void **extra);
 
   CUresult (*cuMemAlloc)(CUdeviceptr *dptr, size_t bytes);
   CUresult (*cuMemFree)(CUdeviceptr dptr);

@@ -1,5 +1,6 @@
-/* forward.c: pat_forward: one launch per tile group, spread over the context's streams
-** (forked from and joined back to the caller's stream), then the merge. Capacity plans
+/* forward.c: pat_forward: one launch per tile group, then the merge. On sm_90+ they chain on
+** the caller's stream with programmatic dependent launch; before, the groups spread over
+** the context's streams (forked from and joined back to the caller's). Capacity plans
 ** launch fixed grids, so the same calls can be captured in a CUDA graph and replayed. */
 #include <stdio.h>
 
@@ -22,6 +23,19 @@ static pat_status own_workspace(pat_context *ctx, size_t n, CUdeviceptr *ws)
   }
   *ws = ctx->own_ws;
   return PAT_OK;
+}
+
+/* One launch on `s`. A dependent one (programmatic stream serialisation) may start once every
+** CTA of the launch before it on `s` has started or signalled (griddepcontrol). */
+static CUresult launch(const pat_cuda *cu, CUfunction fn, unsigned gx, unsigned gy, unsigned threads,
+                       unsigned smem, CUstream s, void **args, int dependent)
+{
+  if (!dependent) return cu->cuLaunchKernel(fn, gx, gy, 1, threads, 1, 1, smem, s, args, NULL);
+  CUlaunchAttribute attr = {.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION};
+  attr.value.programmaticStreamSerializationAllowed = 1;
+  CUlaunchConfig cfg = {.gridDimX = gx, .gridDimY = gy, .gridDimZ = 1, .blockDimX = threads, .blockDimY = 1,
+                        .blockDimZ = 1, .sharedMemBytes = smem, .hStream = s, .attrs = &attr, .numAttrs = 1};
+  return cu->cuLaunchKernelEx(&cfg, fn, args, NULL);
 }
 
 PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat_tensors *t,
@@ -70,11 +84,17 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
   };
 
-  /* One launch alone runs on the caller's stream; several fork onto the context's streams.
-  ** A capacity plan's launches are fixed: every call issues the same work (capturable). */
+  /* Chained (sm_90+): every launch on the caller's stream, each after the first a dependent
+  ** launch. The kernels signal their dependents first thing, so the tile groups overlap as
+  ** on separate streams, without a fork or join, and the merge starts behind the forward
+  ** kernels' tails. Completion stays in order: CTA 0 of a forward kernel ends only after
+  ** the launch before it, and every merge CTA waits for the last forward launch before it
+  ** reads a partial. Otherwise one launch alone runs on the caller's stream and several fork
+  ** onto the context's streams. A capacity plan's launches are fixed: every call issues the
+  ** same work (capturable). */
   CUstream caller = (CUstream)stream;
   const int nl = plan->num_launches;
-  int forked = nl > 1;
+  int forked = nl > 1 && !ctx->chain;
   int used = forked ? (nl < ctx->num_streams ? nl : ctx->num_streams) : 0;
   if (forked && PAT_CU(cu, cu->cuEventRecord(ctx->fork_event, caller), e, el)) return PAT_ERR_CUDA;
   for (int s = 0; s < used; s++)
@@ -97,8 +117,8 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     fp.packs = (const pat_pack *)(uintptr_t)(plan->meta + plan->off_packs + (size_t)grp->pack_begin * sizeof(pat_pack));
     void *args[] = {&fp};
     CUstream s = forked ? ctx->streams[g % used] : caller;
-    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[ki].fn, (unsigned)grp->num_packs, (unsigned)plan->kv_heads, 1,
-                                      (unsigned)k->threads, 1, 1, (unsigned)smem, s, args, NULL), e, el))
+    if (PAT_CU(cu, launch(cu, ctx->kernels[ki].fn, (unsigned)grp->num_packs, (unsigned)plan->kv_heads,
+                          (unsigned)k->threads, (unsigned)smem, s, args, ctx->chain && g > 0), e, el))
       return pat_fail(ctx, PAT_ERR_CUDA, "launching %s: %s", k->name, e[0] ? e : "");
   }
   for (int s = 0; s < used; s++) {
@@ -119,8 +139,8 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     void *args[] = {&mp};
     const long long chunks = (long long)plan->q_heads * D / 8, per_cta = (long long)PAT_MERGE_THREADS * PAT_MERGE_VECS;
     const unsigned groups = (unsigned)((chunks + per_cta - 1) / per_cta);
-    if (PAT_CU(cu, cu->cuLaunchKernel(ctx->kernels[mi].fn, (unsigned)plan->merge_grid, groups, 1, PAT_MERGE_THREADS,
-                                      1, 1, 0, caller, args, NULL), e, el))
+    if (PAT_CU(cu, launch(cu, ctx->kernels[mi].fn, (unsigned)plan->merge_grid, groups, PAT_MERGE_THREADS, 0,
+                          caller, args, ctx->chain && nl > 0), e, el))
       return PAT_ERR_CUDA;
   }
   return PAT_OK;

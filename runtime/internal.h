@@ -31,7 +31,9 @@ struct pat_context {
   char cache_dir[1024];    /* "" when the disk cache is off */
   int progress;
   pthread_mutex_t jit_lock;  /* guards lazy compilation */
-  int num_streams;
+  int chain;               /* 1: pat_forward's launches chain on the caller's stream with
+                              programmatic dependent launch (sm_90+, unless PAT_PDL=off) */
+  int num_streams;         /* else tile groups fork onto these and join back */
   CUstream streams[PAT_MAX_STREAMS];
   CUevent fork_event;
   CUevent join_events[PAT_MAX_STREAMS];

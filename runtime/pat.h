@@ -207,9 +207,11 @@ typedef struct pat_tensors {
   float scale;         /* softmax scale; 0: 1/sqrt(head_dim) */
 } pat_tensors;
 
-/* Runs forward and merge for plan on `stream`: the tile groups fork onto the context's
-** streams and join back before the merge, so the work is ordered after everything already
-** on `stream` and before anything queued after. No host synchronisation, no allocation when
+/* Runs forward and merge for plan on `stream`, ordered after everything already on `stream`
+** and before anything queued after. On sm_90+ the tile groups and the merge chain on
+** `stream` with programmatic dependent launch, so that they overlap (PAT_PDL=off, read at
+** context creation, forks them onto the context's streams instead, as before sm_90, and joins
+** them back before the merge). No host synchronisation, no allocation when
 ** workspace is given (workspace_bytes >= pat_plan_workspace_size; 16-byte aligned). With
 ** workspace 0 the context uses (and grows, synchronising once) its own buffer; a capacity
 ** plan made without external_workspace uses its own instead.

@@ -69,7 +69,11 @@ extern "C" __global__ void __launch_bounds__(${threads})
 ${name}(const pat_fwd_params p)
 {
   extern __shared__ __align__(1024) unsigned char smem[];
+  pdl_signal_dependents();  // the next launch of the chain may share the GPU with this one
   tile::run(p, smem, blockIdx.x, blockIdx.y);  // grid: packs x kv heads
+  // One CTA outwaits the launch before: this launch completes after it, and the merge,
+  // which waits for the last forward launch, sees every partial.
+  if (blockIdx.x == 0 && blockIdx.y == 0) pdl_wait_previous();
 }
 ]], env)
   return out:text()

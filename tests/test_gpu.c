@@ -363,6 +363,19 @@ Test(gpu, merge_of_many_splits, .timeout = 300)
   pat_context_destroy(ctx);
 }
 
+/* PAT_PDL=off: the tile groups fork onto the context's streams and join back before the
+** merge (the launch path before sm_90; every other suite on sm_90 runs the PDL chain).
+** Three tiles, so that random trees launch several groups and merge most queries. */
+Test(gpu, multi_stream_launches, .timeout = 600)
+{
+  skip_without_gpu();
+  static const int gq[] = {1, 4, 8};
+  const char *p = write_spec("multi_stream", "fp16", 128, 32, "[1, 4, 8]", TILES_64_128);
+  setenv("PAT_PDL", "off", 1);
+  random_trees(p, 32, gq, 3, TOL_FP16, 3);
+  unsetenv("PAT_PDL");
+}
+
 /* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
 ** left unused when written for another GPU, ignored with PAT_TUNING=off. */
 Test(gpu, tuning_table_beside_the_spec, .timeout = 300)

@@ -20,7 +20,8 @@ __device__ __forceinline__ void pat_merge_run(const pat_merge_params &p)
   constexpr int VEC = 8;  // elements a chunk
   constexpr int K = PAT_MERGE_VECS, R = PAT_MERGE_SPLITS;
   static_assert(HEAD_DIM % VEC == 0, "a head is whole chunks");
-  const pat_merge_item item = p.items[blockIdx.x];
+  const pat_merge_item item = p.items[blockIdx.x];  // plan metadata: ready before the chain began
+  pdl_wait_previous();               // the partials: written by the forward launches
   if (item.num_splits == 0) return;  // padding of a fixed grid
   const int chunks = p.q_heads * (HEAD_DIM / VEC);
   const int first = blockIdx.y * (PAT_MERGE_THREADS * K) + threadIdx.x;

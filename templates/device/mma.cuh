@@ -36,6 +36,23 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], u32 addr)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
+// Programmatic dependent launch (sm_90+; no-ops before, and in a launch without it). The
+// runtime chains a forward's launches on one stream: the next launch may start once every
+// CTA of this one has signalled, and `wait` returns once the launch before this one has
+// completed with its writes visible.
+__device__ __forceinline__ void pdl_signal_dependents()
+{
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait_previous()
+{
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float fast_exp2(float x)
 {
   float y;
