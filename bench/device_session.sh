@@ -16,6 +16,7 @@
 #             whose large tiles are replaced (VARIANTS: "name:old tile=new tile;..." lines)
 #   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
 #             (old kernels, when carried), build/gpu, and every spec in SPECS (e.g. variants)
+#   pdl       the quick GPU suites, then the subset with PAT_PDL=off (forked streams) and on
 #   sass      ncu source counters (stall samples per SASS instruction) of the kernels of one
 #             case (CASE, default 1,256_256,32:64/8), summarised by bench/ncu_sass_summary.py
 set -u -o pipefail
@@ -35,9 +36,14 @@ echo "GPU: $gpu   python: $py   tag: $tag"
 # The quick GPU suites (all but the long paper-tree sweep), failures and totals only.
 quick_tests() {
   for f in 'gpu/fp16*' 'gpu/b*' 'gpu/l*' 'gpu/m*' 'gpu/page*' 'gpu/t*' 'gpu/w*' 'gpu_graph/*'; do
-    timeout 100 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
+    timeout 150 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
   done
 }
+# Ten sharing trees, small and large, for A/B readings (x 4 head configs: 40 cases).
+SUBSET_TREES="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
+SUBSET_TREES="$SUBSET_TREES;1,16,32,64,128,1024_256,128,64,32,32,32;8,16,32,256_512,512,256,32;1,1024_2048,32"
+SUBSET_TREES="$SUBSET_TREES;4,16,256,512_512,32,128,32;1,2,64_1024,256,256"
+
 # Old (build/gpu_base, when carried) vs new kernels: ITERS runs of each of TREES x HEADS.
 ab_trees() {
   for t in $TREES; do
@@ -118,9 +124,7 @@ order)
   ;;
 subset)
   quick_tests 2>&1 | tee "$out/subset-tests-$tag.log"
-  trees="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
-  trees="$trees;1,16,32,64,128,1024_256,128,64,32,32,32;8,16,32,256_512,512,256,32;1,1024_2048,32"
-  trees="$trees;4,16,256,512_512,32,128,32;1,2,64_1024,256,256"
+  trees=$SUBSET_TREES
   runs="gpu:specs/default.yaml"
   [ -d build/gpu_base ] && runs="gpu_base:specs/default.yaml $runs"
   for s in ${SPECS:-}; do runs="$runs gpu:$s"; done
@@ -128,6 +132,13 @@ subset)
     b=${r%%:*} spec=${r#*:} n=$(basename ${r#*:} .yaml)-${r%%:*}
     echo "== $n: $(LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 100 build/$b/patbench --spec $spec --trees "$trees" \
       --iters 50 --check 2 --out "$out/subset-$n-$tag.jsonl" 2>&1 | tee "$out/subset-$n-$tag.txt" | grep -E 'geomean|fail')"
+  done
+  ;;
+pdl)
+  quick_tests 2>&1 | tee "$out/pdl-tests-$tag.log"
+  for v in off on; do
+    echo "== PAT_PDL=$v: $(PAT_PDL=$v timeout 100 build/gpu/patbench --spec specs/default.yaml --trees "$SUBSET_TREES" \
+      --iters 50 --check 2 --out "$out/pdl-$v-$tag.jsonl" 2>&1 | tee "$out/pdl-$v-$tag.txt" | grep -E 'geomean|fail')"
   done
   ;;
 sass)

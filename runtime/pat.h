@@ -46,7 +46,7 @@ typedef struct pat_context_desc {
   int lazy;               /* 0: compile every kernel at create, in parallel (default);
                              1: compile a kernel on its first use */
   int progress;           /* 1: a progress line on stderr while compiling (when a terminal) */
-  int num_streams;        /* streams for tile groups; 0: 4 */
+  int num_streams;        /* streams tile groups fork onto (before sm_90, or PAT_PDL=off); 0: 4 */
 } pat_context_desc;
 
 /* Creates a context: loads the spec, loads the CUDA driver, retains the device's primary

@@ -106,7 +106,8 @@ class Context(_Closing):
             else ~/.cache/pat; "": no disk cache.
         lazy: compile each kernel on first use instead of all at creation.
         progress: print a progress line on stderr while compiling (on a terminal).
-        num_streams: streams for tile groups (0: the library's default, 4).
+        num_streams: streams tile groups fork onto, before sm_90 or with
+            PAT_PDL=off (0: the library's default, 4).
 
     Raises:
         PatLibraryNotFound: libpat.so cannot be found or loaded.
