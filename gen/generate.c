@@ -17,7 +17,6 @@
 #include "tile.h"
 #include "version.h"
 
-
 /* The spec as one deterministic line: what a kernel depends on, and nothing else. */
 static void canonical_spec(const pat_spec *s, char *buf, size_t n)
 {
