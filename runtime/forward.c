@@ -80,6 +80,7 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     .part_o = part_o, .part_lse = part_lse,
     .pack_queries = (const pat_pack_query *)(uintptr_t)(plan->meta + plan->off_pack_queries),
     .pages = (const int *)(uintptr_t)(plan->meta + plan->off_pages),
+    .page_masks = plan->off_page_masks ? (const unsigned *)(uintptr_t)(plan->meta + plan->off_page_masks) : NULL,
     .q_stride = q_stride, .o_stride = o_stride, .q_heads = plan->q_heads, .kv_heads = plan->kv_heads,
     .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
   };

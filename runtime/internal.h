@@ -47,9 +47,9 @@ struct pat_plan {
   pat_host_plan host;
   int gqa, q_heads, kv_heads;
   void *pinned;            /* host staging of the metadata (page-locked) */
-  CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | merges */
+  CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | page masks | merges */
   size_t meta_bytes;
-  size_t off_packs, off_pack_queries, off_pages, off_merges;
+  size_t off_packs, off_pack_queries, off_pages, off_page_masks, off_merges;  /* off_page_masks: 0 when none */
   CUevent uploaded;
   double build_us;
   /* What pat_forward launches: one entry per tile launch (tile, first pack in the device

@@ -122,7 +122,8 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *batch
 PAT_API void pat_plan_destroy(pat_plan *plan);
 
 /* Plan facts for reports: packs, CTAs of the forward launches, launches, queries with
-** merges, KV tokens read (per kv head) and unique KV tokens. Any pointer may be NULL.
+** merges, KV tokens read (per kv head) and unique KV tokens, masked packs (a subtree in one
+** pack: docs/scheduler.md). Any pointer may be NULL.
 ** For a capacity plan: the current batch's packs and CTAs (its launches also hold empty
 ** padding packs), and its fixed launches. */
 typedef struct pat_plan_info {
@@ -134,6 +135,7 @@ typedef struct pat_plan_info {
   long long kv_tokens_read;
   long long kv_tokens_unique;
   double build_us;  /* host time of the schedule */
+  int num_masked_packs;
 } pat_plan_info;
 PAT_API pat_status pat_plan_get_info(const pat_plan *plan, pat_plan_info *info);
 

@@ -20,6 +20,7 @@ typedef struct pat_host_plan {
   int32_t num_packs;         pat_pack       *packs;        /* grouped by tile */
   int32_t num_pack_queries;  pat_pack_query *pack_queries;
   int32_t num_pages;         int32_t        *pages;        /* page ids, per pack */
+  uint32_t *page_masks;      /* [num_pages] mask words (PAT_MASK_WORD), NULL when no pack is masked */
   int32_t num_merges;        pat_merge_item *merges;
   int32_t num_slots;         /* workspace slots (partial results) in use */
   int32_t num_groups;        pat_tile_group *groups;

@@ -98,7 +98,9 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   p->off_packs = 0;
   p->off_pack_queries = align16(p->off_packs + (size_t)h->num_packs * sizeof(pat_pack));
   p->off_pages = align16(p->off_pack_queries + (size_t)h->num_pack_queries * sizeof(pat_pack_query));
-  p->off_merges = align16(p->off_pages + (size_t)h->num_pages * sizeof(int32_t));
+  p->off_page_masks = align16(p->off_pages + (size_t)h->num_pages * sizeof(int32_t));
+  p->off_merges = align16(p->off_page_masks + (h->page_masks ? (size_t)h->num_pages * sizeof(uint32_t) : 0));
+  if (!h->page_masks) p->off_page_masks = 0;
   p->meta_bytes = align16(p->off_merges + (size_t)h->num_merges * sizeof(pat_merge_item));
   p->num_launches = h->num_groups;
   memcpy(p->launches, h->groups, (size_t)h->num_groups * sizeof *h->groups);
@@ -113,6 +115,7 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   memcpy(s + p->off_packs, h->packs, (size_t)h->num_packs * sizeof(pat_pack));
   memcpy(s + p->off_pack_queries, h->pack_queries, (size_t)h->num_pack_queries * sizeof(pat_pack_query));
   memcpy(s + p->off_pages, h->pages, (size_t)h->num_pages * sizeof(int32_t));
+  if (h->page_masks) memcpy(s + p->off_page_masks, h->page_masks, (size_t)h->num_pages * sizeof(uint32_t));
   if (h->num_merges)
     memcpy(s + p->off_merges, h->merges, (size_t)h->num_merges * sizeof(pat_merge_item));
   if (PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta, p->pinned, p->meta_bytes, (CUstream)stream), e, el) ||
@@ -140,6 +143,7 @@ static pat_status make_layout(pat_context *ctx, const pat_plan_caps *c, pat_pad_
   l->num_tiles = ctx->spec.num_tiles;
   for (int t = 0; t < l->num_tiles; t++) {
     l->tile_m[t] = ctx->spec.tiles[t].m;
+    l->tile_wgmma[t] = ctx->spec.tiles[t].wgmma;
     l->tile_packs[t] = c->tile_packs[t] > 0 ? c->tile_packs[t] : c->tile_packs[t] == 0 ? c->max_packs : 0;
   }
   l->max_pack_queries = c->max_pack_queries;
@@ -162,13 +166,16 @@ static pat_status pad_and_upload(pat_plan *p, const pat_host_plan *h, const pat_
   size_t el = sizeof ctx->err;
   char *s = p->pinned;
   if (pat_plan_pad(h, p->gqa, l, (pat_pack *)(s + p->off_packs), (pat_pack_query *)(s + p->off_pack_queries),
-                   (int32_t *)(s + p->off_pages), (pat_merge_item *)(s + p->off_merges), e, el) < 0)
+                   (int32_t *)(s + p->off_pages), (uint32_t *)(s + p->off_page_masks),
+                   (pat_merge_item *)(s + p->off_merges), e, el) < 0)
     return PAT_ERR_INVALID_ARG;
   CUstream cs = (CUstream)stream;
   size_t npq = (size_t)h->num_pack_queries * sizeof(pat_pack_query), npg = (size_t)h->num_pages * sizeof(int32_t);
+  size_t nmw = h->page_masks ? (size_t)h->num_pages * sizeof(uint32_t) : 0;
   if (PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta, p->pinned, p->off_pack_queries, cs), e, el) ||
       (npq && PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta + p->off_pack_queries, s + p->off_pack_queries, npq, cs), e, el)) ||
       (npg && PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta + p->off_pages, s + p->off_pages, npg, cs), e, el)) ||
+      (nmw && PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta + p->off_page_masks, s + p->off_page_masks, nmw, cs), e, el)) ||
       PAT_CU(cu, cu->cuEventRecord(p->uploaded, cs), e, el))
     return PAT_ERR_CUDA;
   return PAT_OK;
@@ -194,12 +201,14 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
     free(p);
     return st;
   }
-  /* Layout: packs | merges (uploaded whole: padding matters) | pack_queries | pages. */
+  /* Layout: packs | merges (uploaded whole: padding matters) | pack_queries | pages | page
+  ** masks (a fixed address whether or not a step has masked packs). */
   p->off_packs = 0;
   p->off_merges = align16((size_t)l.total_packs * sizeof(pat_pack));
   p->off_pack_queries = align16(p->off_merges + (size_t)l.max_merges * sizeof(pat_merge_item));
   p->off_pages = align16(p->off_pack_queries + (size_t)l.max_pack_queries * sizeof(pat_pack_query));
-  p->meta_bytes = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
+  p->off_page_masks = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
+  p->meta_bytes = align16(p->off_page_masks + (size_t)l.max_pages * sizeof(uint32_t));
   /* Fixed launches, larger tiles first: the prefix packs, the long poles, start at once (the
   ** order pat_sched_build gives a plan's groups, by tile alone). */
   for (int t = 0; t < l.num_tiles; t++) {
@@ -341,6 +350,8 @@ PAT_API pat_status pat_plan_get_info(const pat_plan *p, pat_plan_info *info)
   info->kv_tokens_read = p->host.kv_tokens_read;
   info->kv_tokens_unique = p->host.kv_tokens_unique;
   info->build_us = p->build_us;
+  info->num_masked_packs = 0;
+  for (int32_t i = 0; i < p->host.num_packs; i++) info->num_masked_packs += p->host.packs[i].masked != 0;
   return PAT_OK;
 }
 

@@ -37,18 +37,20 @@ int pat_pad_layout_init(pat_pad_layout *l, char *err, size_t errlen)
   return 0;
 }
 
-/* The region with room for a pack of `rows` rows: the smallest M >= rows, lowest index. */
-static int spill_target(const pat_pad_layout *l, const int32_t *fill, int32_t rows)
+/* The region with room for a pack of `rows` rows: the smallest M >= rows, lowest index; an
+** mma.sync tile for a masked pack. */
+static int spill_target(const pat_pad_layout *l, const int32_t *fill, int32_t rows, int masked)
 {
   int best = -1;
   for (int t = 0; t < l->num_tiles; t++)
-    if (fill[t] < l->tile_packs[t] && l->tile_m[t] >= rows && (best < 0 || l->tile_m[t] < l->tile_m[best]))
+    if (fill[t] < l->tile_packs[t] && l->tile_m[t] >= rows && !(masked && l->tile_wgmma[t]) &&
+        (best < 0 || l->tile_m[t] < l->tile_m[best]))
       best = t;
   return best;
 }
 
 int pat_plan_pad(const pat_host_plan *h, int gqa, const pat_pad_layout *l, pat_pack *packs,
-                 pat_pack_query *pack_queries, int32_t *pages, pat_merge_item *merges,
+                 pat_pack_query *pack_queries, int32_t *pages, uint32_t *page_masks, pat_merge_item *merges,
                  char *err, size_t errlen)
 {
   static const char *const names[] = {"max_pack_queries", "max_pages", "max_merges", "max_slots"};
@@ -85,7 +87,7 @@ int pat_plan_pad(const pat_host_plan *h, int gqa, const pat_pad_layout *l, pat_p
     for (int32_t i = grp->pack_begin; i < grp->pack_begin + grp->num_packs; i++) {
       if (dest[i] >= 0) continue;
       int32_t rows = h->packs[i].num_queries * gqa;
-      int u = spill_target(l, fill, rows);
+      int u = spill_target(l, fill, rows, h->packs[i].masked);
       if (u < 0) {
         int t = grp->tile;
         snprintf(err, errlen,
@@ -106,6 +108,8 @@ int pat_plan_pad(const pat_host_plan *h, int gqa, const pat_pad_layout *l, pat_p
   free(dest);
   if (h->num_pack_queries) memcpy(pack_queries, h->pack_queries, (size_t)h->num_pack_queries * sizeof *pack_queries);
   if (h->num_pages) memcpy(pages, h->pages, (size_t)h->num_pages * sizeof *pages);
+  if (page_masks && h->page_masks && h->num_pages)
+    memcpy(page_masks, h->page_masks, (size_t)h->num_pages * sizeof *page_masks);
   if (h->num_merges) memcpy(merges, h->merges, (size_t)h->num_merges * sizeof *merges);
   if (l->max_merges > h->num_merges)
     memset(merges + h->num_merges, 0, (size_t)(l->max_merges - h->num_merges) * sizeof *merges);

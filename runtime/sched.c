@@ -27,6 +27,9 @@ typedef struct node {
   double tails_sum;      /* their partial tokens */
   double own_b, own_s;   /* cost of "own packs" as a line in the inherited prefix tokens */
   double push_b, push_s; /* cost of "push down" (tangent at 0 inherited tokens) */
+  double ab_b, ab_s;     /* cost of "absorb": masked packs hold the whole subtree */
+  int32_t sub_pages;     /* pages of its subtree: its run, its children's, partial last pages */
+  double sub_tok;        /* tokens of those pages */
 } node;
 
 typedef struct bpack {   /* a pack before KV splitting */
@@ -35,11 +38,17 @@ typedef struct bpack {   /* a pack before KV splitting */
   int32_t kv_len;        /* tokens */
   int32_t splits, max_s; /* KV chunks chosen, most allowed by min_kv_per_split */
   int32_t page_begin;    /* its page ids in plan->pages */
+  int32_t mask_at;       /* masked: its pages and mask words from mpage/mword[mask_at ..]; else -1 */
 } bpack;
 
 typedef struct fpack {   /* a final pack (one KV chunk of a bpack) */
   int32_t base, page_off, kv_len, tile;
 } fpack;
+
+typedef struct chunking { /* what absorbing a node's subtree into masked packs takes */
+  int32_t packs;          /* masked packs; 0: the subtree cannot be absorbed */
+  double cost_b, cost_s;  /* their cost as a line in the inherited tokens */
+} chunking;
 
 /* Per-call state. All per-query and per-node scratch lives in one allocation (`block`). */
 typedef struct ctx {
@@ -63,6 +72,12 @@ typedef struct ctx {
   int32_t mf;         /* smallest M holding a full chunk (cap queries) */
   int32_t *mr;        /* [cap + 1]: smallest M holding r queries */
   double ctok1, cpack1, cmerge;
+  int32_t mcap;       /* most queries a masked pack holds (0: no mma.sync tile: no absorbing) */
+  int32_t mchunk;     /* queries a masked pack aims at: enough packs to fill the GPU */
+  int32_t *mpage;     /* masked packs' page ids, growing (mcap_pages entries) */
+  uint32_t *mword;    /* and their mask words */
+  int32_t nmp, mpcap;
+  int32_t *stack;     /* depth-first walk of a subtree (emit_chunk) */
   /* radix tree scratch */
   size_t hcap;
   int32_t *hkey, *hval, *gid, *gcnt, *tmp, *gslot;
@@ -105,6 +120,15 @@ static int mfit(const pat_spec *s, int rows)
   int best = 0;
   for (int i = 0; i < model_tiles(s); i++)
     if (s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
+  return best;
+}
+
+/* Smallest mma.sync tile M holding `rows` rows (the tiles a masked pack can take), or 0. */
+static int mfit_masked(const pat_spec *s, int rows)
+{
+  int best = 0;
+  for (int i = 0; i < model_tiles(s); i++)
+    if (!s->tiles[i].wgmma && s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
   return best;
 }
 
@@ -525,11 +549,19 @@ static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t e
 }
 
 /* ---- cost model ---- */
-static double line_min(const node *nd, double x)
+/* The cheapest of a node's options (own, push down, absorb) with x inherited tokens; *slope
+** (if not NULL) gets that option's slope. */
+static double best_at(const node *nd, double x, double *slope)
 {
-  double a = nd->own_b + nd->own_s * x, p = nd->push_b + nd->push_s * x;
-  return a < p ? a : p;
+  double v = nd->push_b + nd->push_s * x, sl = nd->push_s;
+  double a = nd->own_b + nd->own_s * x, b = nd->ab_b + nd->ab_s * x;
+  if (a < v) { v = a; sl = nd->own_s; }
+  if (b < v) { v = b; sl = nd->ab_s; }
+  if (slope) *slope = sl;
+  return v;
 }
+
+static double line_min(const node *nd, double x) { return best_at(nd, x, NULL); }
 
 /* The last packs of a node's terminal queries when `x` inherited tokens reach them: one pack
 ** per query of x + its partial page (none where that is empty). */
@@ -548,6 +580,74 @@ static inline void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int
   *mr = c->mr[r];
 }
 
+/* ---- absorbing: a node's whole subtree in masked packs. Its members (terminal queries
+** with their partial last pages, then its children's subtrees, in order[]) are cut greedily
+** into chunks: a member joins the open chunk while that stays within mchunk queries and the
+** page window; a member alone may take up to mcap queries. Every chunk is one masked pack:
+** the node's shared pages (seen by all its queries) and its members' pages (each seen by the
+** queries below it), so that no query of the subtree needs another split. */
+
+/* Member i of node nd: its first query (index into order[]), queries, pages and tokens. */
+static void member(const ctx *c, const node *nd, int32_t i, int32_t *q_lo, int32_t *nq, int32_t *pages,
+                   double *tokens)
+{
+  if (i < nd->nterm) {
+    int32_t q = c->order[nd->q_lo + i];
+    *q_lo = nd->q_lo + i;
+    *nq = 1;
+    *pages = c->tl[q] > 0;
+    *tokens = c->tl[q];
+  } else {
+    const node *ch = &c->nodes[nd->child_lo + (i - nd->nterm)];
+    *q_lo = ch->q_lo;
+    *nq = ch->q_hi - ch->q_lo;
+    *pages = ch->sub_pages;
+    *tokens = ch->sub_tok;
+  }
+}
+
+static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, int32_t i1, int32_t qc,
+                      int32_t pages);
+
+/* The chunks of absorbing nd under `shared` pages of shared prefix (its run and what it
+** inherits). With emit_pos >= 0 also pushes them as masked packs whose shared pages start at
+** page position emit_pos. packs = 0: the subtree cannot be absorbed (or out of memory when
+** emitting: *oom set). */
+static chunking absorb_chunks(ctx *c, const node *nd, int32_t shared, int32_t emit_pos, int *oom)
+{
+  chunking r = {0, 0, 0};
+  if (c->mcap < 2 || nd->q_hi - nd->q_lo < 2) return r;
+  const int32_t room = PAT_PAGE_WINDOW - shared, nm = nd->nterm + nd->nchild;
+  const double L = (double)nd->npages * c->ps;
+  int32_t qc = 0, pc = 0, i0 = 0;
+  double tc = 0;
+  for (int32_t i = 0; i <= nm; i++) {
+    int32_t lo, mq = 0, mp = 0;
+    double mt = 0;
+    if (i < nm) {
+      member(c, nd, i, &lo, &mq, &mp, &mt);
+      if (mq > c->mcap || mp > room) return (chunking){0, 0, 0};
+    }
+    if (qc > 0 && (i == nm || qc + mq > c->mchunk || pc + mp > room)) {
+      int m = mfit_masked(c->s, qc * c->gqa);
+      r.cost_b += cpack(m) + ctok(c, m) * (L + tc);
+      r.cost_s += ctok(c, m);
+      r.packs++;
+      if (emit_pos >= 0 && emit_chunk(c, nd, emit_pos, i0, i, qc, shared + pc)) {
+        *oom = 1;
+        return (chunking){0, 0, 0};
+      }
+      qc = pc = 0;
+      tc = 0;
+      i0 = i;
+    }
+    qc += mq;
+    pc += mp;
+    tc += mt;
+  }
+  return r;
+}
+
 static void compute_costs(ctx *c)
 {
   for (int32_t v = c->num_nodes - 1; v >= 0; v--) {
@@ -555,13 +655,16 @@ static void compute_costs(ctx *c)
     double L = (double)nd->npages * c->ps;
     int32_t nq = nd->q_hi - nd->q_lo;
     double below0 = 0, pb = 0, psl = 0;
+    nd->sub_pages = nd->npages + nd->tails_pos;
+    nd->sub_tok = L + nd->tails_sum;
     for (int32_t i = 0; i < nd->nchild; i++) {
       const node *ch = &c->nodes[nd->child_lo + i];
-      double a0 = ch->own_b + ch->own_s * 0, p0 = ch->push_b + ch->push_s * 0;
-      double a = ch->own_b + ch->own_s * L, p = ch->push_b + ch->push_s * L;
-      below0 += a0 < p0 ? a0 : p0;
-      pb += a < p ? a : p;
-      psl += a < p ? ch->own_s : ch->push_s;
+      double sl;
+      below0 += line_min(ch, 0);
+      pb += best_at(ch, L, &sl);
+      psl += sl;
+      nd->sub_pages += ch->sub_pages;
+      nd->sub_tok += ch->sub_tok;
     }
     below0 += tails_cost(c, nd, 0);
     pb += tails_cost(c, nd, L);
@@ -578,6 +681,9 @@ static void compute_costs(ctx *c)
       nd->own_s = 0;
       nd->own_b = COST_INF;
     }
+    chunking ab = absorb_chunks(c, nd, nd->npages, -1, NULL);
+    nd->ab_b = ab.packs ? ab.cost_b : COST_INF;
+    nd->ab_s = ab.packs ? ab.cost_s : 0;
   }
 }
 
@@ -595,7 +701,63 @@ static int grow_bpacks(ctx *c, int32_t need)
 
 static inline void push_bpack(ctx *c, int32_t q_lo, int32_t nq, int32_t pos0, int32_t npages, int32_t kv_len)
 {
-  c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0};
+  c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0, -1};
+}
+
+static inline void push_masked_page(ctx *c, int32_t page, int32_t lo, int32_t hi, int32_t valid)
+{
+  c->mpage[c->nmp] = page;
+  c->mword[c->nmp++] = PAT_MASK_WORD(lo, hi, valid);
+}
+
+/* One masked pack: queries order[q_lo ..] of members i0 .. i1-1 of nd (qc of them, `pages`
+** pages in all): nd's shared pages from position shared_pos, then each member's subtree,
+** depth first, each page with the pack's queries below it. */
+static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, int32_t i1, int32_t qc,
+                      int32_t pages)
+{
+  if (grow_bpacks(c, 1)) return -1;
+  if (c->nmp + pages > c->mpcap) {
+    int32_t ncap = c->mpcap ? c->mpcap : 1024;
+    while (ncap < c->nmp + pages) ncap *= 2;
+    int32_t *np = realloc(c->mpage, (size_t)ncap * sizeof *np);
+    if (!np) return -1;
+    c->mpage = np;
+    uint32_t *nw = realloc(c->mword, (size_t)ncap * sizeof *nw);
+    if (!nw) return -1;
+    c->mword = nw;
+    c->mpcap = ncap;
+  }
+  int32_t q_lo, nq0, mp0;
+  double mt0;
+  member(c, nd, i0, &q_lo, &nq0, &mp0, &mt0);
+  const int32_t at = c->nmp, end = nd->pos + nd->npages, ps = c->ps;
+  const int32_t *row = row_of(c, c->order[q_lo]);
+  for (int32_t pos = shared_pos; pos < end; pos++) push_masked_page(c, row[pos], 0, qc, ps);
+  for (int32_t i = i0; i < i1; i++) {
+    if (i < nd->nterm) {
+      int32_t q = c->order[nd->q_lo + i];
+      if (c->tl[q] > 0) push_masked_page(c, row_of(c, q)[end], nd->q_lo + i - q_lo, nd->q_lo + i - q_lo + 1, c->tl[q]);
+      continue;
+    }
+    /* the child's subtree, depth first: the stack holds node indices */
+    int32_t sp = 0;
+    c->stack[sp++] = nd->child_lo + (i - nd->nterm);
+    while (sp > 0) {
+      const node *u = &c->nodes[c->stack[--sp]];
+      const int32_t *ur = row_of(c, c->order[u->q_lo]), ue = u->pos + u->npages;
+      for (int32_t pos = u->pos; pos < ue; pos++) push_masked_page(c, ur[pos], u->q_lo - q_lo, u->q_hi - q_lo, ps);
+      for (int32_t t = 0; t < u->nterm; t++) {
+        int32_t q = c->order[u->q_lo + t], r = u->q_lo + t - q_lo;
+        if (c->tl[q] > 0) push_masked_page(c, row_of(c, q)[ue], r, r + 1, c->tl[q]);
+      }
+      for (int32_t k = u->nchild - 1; k >= 0; k--) c->stack[sp++] = u->child_lo + k;
+    }
+  }
+  const int32_t n = c->nmp - at;
+  const int32_t kv_len = (n - 1) * ps + PAT_MASK_VALID(c->mword[c->nmp - 1]);
+  c->bp[c->nbp++] = (bpack){q_lo, qc, -1, n, kv_len, 1, 1, 0, at};
+  return 0;
 }
 
 /* Top-down: decide own/push with the inherited prefix known, emit the packs. Also counts the
@@ -609,16 +771,30 @@ static int emit_prefix(ctx *c, int32_t *inh, int32_t *sa)
   sa[0] = 0;
   for (int32_t v = 0; v < c->num_nodes; v++) {
     const node *nd = &c->nodes[v];
+    if (sa[v] < 0) {  /* absorbed by an ancestor's masked packs */
+      for (int32_t i = 0; i < nd->nchild; i++) sa[nd->child_lo + i] = -1;
+      continue;
+    }
     int32_t end = nd->pos + nd->npages;
     double P = (double)(nd->pos - inh[v]) * c->ps;
     double L = (double)nd->npages * c->ps;
-    int own = 0;
-    if (nd->own_b < COST_INF && sa[v] + 2 <= max_splits) {
-      double pe = 0;
-      for (int32_t i = 0; i < nd->nchild; i++) pe += line_min(&c->nodes[nd->child_lo + i], P + L);
-      pe += tails_cost(c, nd, P + L);
-      own = nd->own_b + nd->own_s * P < pe;
+    double pe = 0;
+    for (int32_t i = 0; i < nd->nchild; i++) pe += line_min(&c->nodes[nd->child_lo + i], P + L);
+    pe += tails_cost(c, nd, P + L);
+    double ov = nd->own_b < COST_INF && sa[v] + 2 <= max_splits ? nd->own_b + nd->own_s * P : COST_INF;
+    if (nd->ab_b < COST_INF && sa[v] + 1 <= max_splits) {
+      int oom = 0;
+      chunking ab = absorb_chunks(c, nd, end - inh[v], -1, &oom);
+      double av = ab.packs ? ab.cost_b + ab.cost_s * P : COST_INF;
+      if (av < ov && av < pe) {
+        absorb_chunks(c, nd, end - inh[v], inh[v], &oom);
+        if (oom) return -1;
+        for (int32_t i = nd->q_lo; i < nd->q_hi; i++) cnt[c->order[i]] = sa[v] + 1;
+        for (int32_t i = 0; i < nd->nchild; i++) sa[nd->child_lo + i] = -1;
+        continue;
+      }
     }
+    int own = ov < pe;
     int32_t next = inh[v], nsa = sa[v];
     if (own) {
       int32_t nq = nd->q_hi - nd->q_lo, k; int mf, mr;
@@ -738,19 +914,20 @@ static int split_packs(ctx *c, int32_t *cnt)
 }
 
 /* The tile a tuning table chose for `rows` rows and T tokens at GQA index gi; else the tile with the least
-** cost for `rows` query rows and `T` tokens, smallest M on ties. */
-static int pick_tile(const pat_spec *s, int gi, int rows, int T)
+** cost for `rows` query rows and `T` tokens, smallest M on ties. A masked pack takes an
+** mma.sync tile (the wgmma kernel has no masks). */
+static int pick_tile(const pat_spec *s, int gi, int rows, int T, int masked)
 {
   int rc = pat_row_class(rows), tc = pat_token_class(T);
   if (gi >= 0 && rc >= 0 && s->tile_choice[gi][rc][tc] > 0) {
     int k = s->tile_choice[gi][rc][tc] - 1;
-    if (k < s->num_tiles && s->tiles[k].m >= rows) return k;
+    if (k < s->num_tiles && s->tiles[k].m >= rows && !(masked && s->tiles[k].wgmma)) return k;
   }
   int best = -1;
   double bc = 0;
   for (int i = 0; i < model_tiles(s); i++) {
     const pat_tile *t = &s->tiles[i];
-    if (t->m < rows || t->n < 1) continue;
+    if (t->m < rows || t->n < 1 || (masked && t->wgmma)) continue;
     double steps = (double)((T + t->n - 1) / t->n);
     double cost = mma_weight(s) * ((double)t->m * steps * t->n - (double)rows * T) + COST_STEP * steps;
     if (best < 0 || cost < bc - 1e-9 || (cost < bc + 1e-9 && t->m < s->tiles[best].m)) {
@@ -794,10 +971,12 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   plan->packs = malloc((size_t)nf * sizeof *plan->packs);
   plan->pack_queries = malloc((size_t)npq * sizeof *plan->pack_queries);
   plan->pages = malloc((size_t)(npages ? npages : 1) * sizeof *plan->pages);
+  if (c->nmp > 0) plan->page_masks = calloc((size_t)(npages ? npages : 1), sizeof *plan->page_masks);
   plan->merges = malloc((size_t)(nmerge ? nmerge : 1) * sizeof *plan->merges);
   plan->groups = malloc((size_t)nt * sizeof *plan->groups);
   int rc = -1;
-  if (!fp || !plan->packs || !plan->pack_queries || !plan->pages || !plan->merges || !plan->groups)
+  if (!fp || !plan->packs || !plan->pack_queries || !plan->pages || !plan->merges || !plan->groups ||
+      (c->nmp > 0 && !plan->page_masks))
     goto out;
   memset(bucket, 0, nb * sizeof *bucket);
 
@@ -805,15 +984,17 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   int gi = 0;
   while (gi < s->num_gqa && s->gqa[gi] != c->gqa) gi++;
   if (gi == s->num_gqa) gi = -1;
-  struct { int32_t nq, t, tile; } tc[TILE_CACHE];
+  struct { int32_t nq, t, masked, tile; } tc[TILE_CACHE];
   for (int i = 0; i < TILE_CACHE; i++) tc[i].nq = -1;
 
   /* chunks of each base pack at page boundaries; the last holds the partial page */
   int32_t f = 0;
   for (int32_t i = 0; i < c->nbp; i++) {
     const bpack *p = &c->bp[i];
-    const int32_t *row = row_of(c, c->order[p->q_lo]) + p->pos0;
+    const int masked = p->mask_at >= 0;
+    const int32_t *row = masked ? c->mpage + p->mask_at : row_of(c, c->order[p->q_lo]) + p->pos0;
     int32_t *dst = plan->pages + p->page_begin;
+    if (masked) memcpy(plan->page_masks + p->page_begin, c->mword + p->mask_at, (size_t)p->npages * sizeof(uint32_t));
     if (p->npages <= 8) {
       for (int32_t k = 0; k < p->npages; k++) dst[k] = row[k];
     } else {
@@ -825,11 +1006,12 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     for (int32_t j = 0; j < p->splits; j++) {
       int32_t pg = base + (j < extra ? 1 : 0);
       int32_t T = pg * c->ps - (j + 1 == p->splits ? shortfall : 0);
-      uint32_t h = hash32((uint32_t)T * 31u + (uint32_t)p->nq) & (TILE_CACHE - 1);
-      if (tc[h].nq != p->nq || tc[h].t != T) {
+      uint32_t h = hash32((uint32_t)T * 62u + (uint32_t)p->nq * 2u + (uint32_t)masked) & (TILE_CACHE - 1);
+      if (tc[h].nq != p->nq || tc[h].t != T || tc[h].masked != masked) {
         tc[h].nq = p->nq;
         tc[h].t = T;
-        tc[h].tile = pick_tile(s, gi, p->nq * c->gqa, T);
+        tc[h].masked = masked;
+        tc[h].tile = pick_tile(s, gi, p->nq * c->gqa, T, masked);
       }
       int tile = tc[h].tile;
       fp[f] = (fpack){i, off, T, tile};
@@ -864,7 +1046,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
       plan->groups[ng++] = (pat_tile_group){x->tile, i, 0, 0};
     plan->groups[ng - 1].num_packs++;
     if (x->kv_len > plan->groups[ng - 1].max_kv_len) plan->groups[ng - 1].max_kv_len = x->kv_len;
-    plan->packs[i] = (pat_pack){pq, p->nq, p->page_begin + x->page_off, x->kv_len};
+    plan->packs[i] = (pat_pack){pq, p->nq, p->page_begin + x->page_off, x->kv_len, p->mask_at >= 0};
     for (int32_t j = 0; j < p->nq; j++) {
       int32_t q = c->order[p->q_lo + j];
       int32_t slot = slot_base[q] < 0 ? -1 : slot_base[q] + slot_next[q]++;
@@ -897,6 +1079,7 @@ void pat_host_plan_free(pat_host_plan *plan)
   free(plan->packs);
   free(plan->pack_queries);
   free(plan->pages);
+  free(plan->page_masks);
   free(plan->merges);
   free(plan->groups);
   memset(plan, 0, sizeof *plan);
@@ -957,6 +1140,20 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   ** Partials are 2-byte now; 0.5 to 4 x gqa + 1 measured the same (H200, bench/NOTES.md), so
   ** the weight is kept. */
   c.cmerge = 2.0 * c.gqa + 1.0;
+  /* Masked packs: mma.sync tiles only; lo and hi of a mask word are 8-bit. They aim at at
+  ** least ctas_per_sm CTAs an SM were every query in one (more queries a pack re-read fewer
+  ** shared pages; fewer packs than that leave SMs idle, and the split policy would then cut
+  ** every pack in two, with a merge for each query). */
+  int mmask = 0;
+  for (int i = 0; i < model_tiles(c.s); i++)
+    if (!c.s->tiles[i].wgmma && c.s->tiles[i].m > mmask) mmask = c.s->tiles[i].m;
+  c.mcap = mmask / c.gqa < 255 ? mmask / c.gqa : 255;
+  {
+    int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
+    int64_t packs = (ctas + o->kv_heads - 1) / o->kv_heads;
+    int64_t q = c.n / packs;
+    c.mchunk = (int32_t)(q < 2 ? 2 : q > c.mcap ? c.mcap : q);
+  }
 
   size_t n = (size_t)c.n;
   c.bpcap = c.n + 16;
@@ -996,6 +1193,8 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   if (check_pages(&c, &unique, err, errlen)) goto out;
 
   if (o->mode == PAT_SCHED_PREFIX) {
+    c.stack = malloc((size_t)c.num_nodes * sizeof *c.stack);
+    if (!c.stack) { pat_set_err(err, errlen, "out of memory"); goto out; }
     compute_costs(&c);
     if (emit_prefix(&c, inh, sa)) { pat_set_err(err, errlen, "out of memory"); goto out; }
   } else {
@@ -1013,6 +1212,6 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   plan->kv_tokens_unique = unique;
   rc = 0;
 out:
-  free(c.block); free(c.bp);
+  free(c.block); free(c.bp); free(c.stack); free(c.mpage); free(c.mword);
   return rc;
 }

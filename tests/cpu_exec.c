@@ -39,6 +39,12 @@ int pat_cpu_exec_plan(const pat_host_plan *plan, const pat_cpu_attn *a, float *o
         float m = -INFINITY, l = 0.f;
         memset(acc, 0, (size_t)D * sizeof *acc);
         for (int t = 0; t < pk->kv_len; t++) {
+          if (pk->masked) {  /* the page's queries and valid tokens */
+            if (!plan->page_masks) { rc = -1; break; }
+            const uint32_t w = plan->page_masks[pk->page_begin + t / a->page_size];
+            const int j = r / gqa;
+            if (j < PAT_MASK_LO(w) || j >= PAT_MASK_HI(w) || t % a->page_size >= PAT_MASK_VALID(w)) continue;
+          }
           const int page = plan->pages[pk->page_begin + t / a->page_size];
           const float *k = kv_row(a, a->k_cache, page, t % a->page_size, h);
           const float *v = kv_row(a, a->v_cache, page, t % a->page_size, h);
@@ -51,14 +57,15 @@ int pat_cpu_exec_plan(const pat_host_plan *plan, const pat_cpu_attn *a, float *o
           for (int d = 0; d < D; d++) acc[d] = acc[d] * corr + w * v[d];
           m = mn;
         }
-        const float inv = 1.f / l;
+        /* a split of a masked pack may hold none of a query's tokens: weight 0 in the merge */
+        const float inv = l > 0.f ? 1.f / l : 0.f;
         float *dst;
         if (pq.slot < 0) {
           dst = out + ((size_t)pq.query * (size_t)a->q_heads + (size_t)head) * (size_t)D;
         } else {
           const size_t at = (size_t)pq.slot * (size_t)a->q_heads + (size_t)head;
           dst = part_o + at * (size_t)D;
-          part_lse[at] = m + log2f(l);
+          part_lse[at] = l > 0.f ? m + log2f(l) : -INFINITY;
         }
         for (int d = 0; d < D; d++) dst[d] = acc[d] * inv;
       }

@@ -56,6 +56,7 @@ static pat_pad_layout layout(const pat_spec *s, const int32_t *tile_packs, const
   l.num_tiles = s->num_tiles;
   for (int t = 0; t < s->num_tiles; t++) {
     l.tile_m[t] = s->tiles[t].m;
+    l.tile_wgmma[t] = s->tiles[t].wgmma;
     l.tile_packs[t] = tile_packs[t];
   }
   l.max_pack_queries = p->num_pack_queries + extra;
@@ -71,14 +72,16 @@ typedef struct padded {
   pat_pack *packs;
   pat_pack_query *pq;
   int32_t *pages;
+  uint32_t *masks;
   pat_merge_item *merges;
 } padded;
 
 static padded alloc_padded(const pat_pad_layout *l)
 {
   padded d = {calloc((size_t)l->total_packs, sizeof(pat_pack)), calloc((size_t)l->max_pack_queries + 1, sizeof(pat_pack_query)),
-              calloc((size_t)l->max_pages + 1, sizeof(int32_t)), calloc((size_t)l->max_merges + 1, sizeof(pat_merge_item))};
-  cr_assert(d.packs && d.pq && d.pages && d.merges);
+              calloc((size_t)l->max_pages + 1, sizeof(int32_t)), calloc((size_t)l->max_pages + 1, sizeof(uint32_t)),
+              calloc((size_t)l->max_merges + 1, sizeof(pat_merge_item))};
+  cr_assert(d.packs && d.pq && d.pages && d.masks && d.merges);
   /* Garbage first: padding must be written, not inherited from calloc. */
   memset(d.packs, 0x5a, (size_t)l->total_packs * sizeof(pat_pack));
   memset(d.merges, 0x5a, (size_t)l->max_merges * sizeof(pat_merge_item));
@@ -90,6 +93,7 @@ static void free_padded(padded *d)
   free(d->packs);
   free(d->pq);
   free(d->pages);
+  free(d->masks);
   free(d->merges);
 }
 
@@ -112,6 +116,7 @@ static int check_padded(const pat_host_plan *p, const pat_pad_layout *l, const p
       cr_assert(!empty_seen, "%s: tile %d region has a real pack after padding", what, t);
       cr_assert_leq(x->num_queries * gqa, l->tile_m[t], "%s: pack in tile %d (M %d) has %d rows", what, t,
                     l->tile_m[t], x->num_queries * gqa);
+      cr_assert(!(x->masked && l->tile_wgmma[t]), "%s: masked pack in wgmma tile %d", what, t);
       int found = -1;
       for (int32_t j = 0; j < p->num_packs && found < 0; j++)
         if (p->packs[j].query_begin == x->query_begin) found = j;
@@ -129,6 +134,8 @@ static int check_padded(const pat_host_plan *p, const pat_pad_layout *l, const p
   free(seen);
   cr_assert(memcmp(d->pq, p->pack_queries, (size_t)p->num_pack_queries * sizeof *d->pq) == 0, "%s", what);
   cr_assert(memcmp(d->pages, p->pages, (size_t)p->num_pages * sizeof *d->pages) == 0, "%s", what);
+  if (p->page_masks)
+    cr_assert(memcmp(d->masks, p->page_masks, (size_t)p->num_pages * sizeof *d->masks) == 0, "%s: masks", what);
   if (p->num_merges) cr_assert(memcmp(d->merges, p->merges, (size_t)p->num_merges * sizeof *d->merges) == 0, "%s", what);
   for (int32_t i = p->num_merges; i < l->max_merges; i++)
     cr_assert(d->merges[i].num_splits == 0 && d->merges[i].query == 0 && d->merges[i].slot_begin == 0,
@@ -165,7 +172,7 @@ Test(plan_pad, packs_keep_their_tiles)
       padded d = alloc_padded(&l);
       char err[256], what[64];
       snprintf(what, sizeof what, "tree %d %s gqa %d", it, mode ? "direct" : "prefix", gqa);
-      int moved = pat_plan_pad(&p, gqa, &l, d.packs, d.pq, d.pages, d.merges, err, sizeof err);
+      int moved = pat_plan_pad(&p, gqa, &l, d.packs, d.pq, d.pages, d.masks, d.merges, err, sizeof err);
       cr_assert_eq(moved, 0, "%s: %d (%s)", what, moved, err);
       cr_assert_eq(check_padded(&p, &l, &d, gqa, what), 0, "%s", what);
       free_padded(&d);
@@ -192,7 +199,7 @@ Test(plan_pad, overflow_moves_to_a_larger_tile)
     padded d = alloc_padded(&l);
     char err[256], what[64];
     snprintf(what, sizeof what, "tree %d", it);
-    int moved = pat_plan_pad(&p, 1, &l, d.packs, d.pq, d.pages, d.merges, err, sizeof err);
+    int moved = pat_plan_pad(&p, 1, &l, d.packs, d.pq, d.pages, d.masks, d.merges, err, sizeof err);
     cr_assert_geq(moved, 0, "%s: %s", what, err);
     cr_assert_eq(check_padded(&p, &l, &d, 1, what), moved, "%s", what);
     moved_total += moved;
@@ -227,7 +234,7 @@ Test(plan_pad, overflow_is_refused)
     }
     padded d = alloc_padded(&l);
     char err[256] = "";
-    cr_assert_eq(pat_plan_pad(&p, 4, &l, d.packs, d.pq, d.pages, d.merges, err, sizeof err), -1, "case %d", k);
+    cr_assert_eq(pat_plan_pad(&p, 4, &l, d.packs, d.pq, d.pages, d.masks, d.merges, err, sizeof err), -1, "case %d", k);
     cr_assert(strncmp(err, "capacity: ", 10) == 0, "case %d: %s", k, err);
     if (k < 4) cr_assert(strstr(err, names[k]), "case %d: %s", k, err);
     else cr_assert(strstr(err, "no tile with M >= "), "%s", err);
@@ -262,7 +269,7 @@ Test(plan_pad, padded_plan_computes_attention)
     pat_pad_layout l = layout(&s, caps, &p, 3);
     padded d = alloc_padded(&l);
     char err[256];
-    cr_assert_geq(pat_plan_pad(&p, gqa, &l, d.packs, d.pq, d.pages, d.merges, err, sizeof err), 0, "%s", err);
+    cr_assert_geq(pat_plan_pad(&p, gqa, &l, d.packs, d.pq, d.pages, d.masks, d.merges, err, sizeof err), 0, "%s", err);
     pat_host_plan v = p;  /* a view of the padded arrays */
     pat_pack *real = malloc((size_t)l.total_packs * sizeof *real);
     v.num_packs = 0;

@@ -75,6 +75,34 @@ static int pos_of(const pat_batch *b, int q, int page)
   return -1;
 }
 
+/* A masked pack: an mma.sync tile, within the page window; each page's mask names pack
+** queries that hold the page (at any position) and valid tokens that are theirs. Counts the
+** tokens each query sees into cov. */
+static void check_masked_pack(const pat_batch *b, const pat_spec *s, const pat_host_plan *p, int i,
+                              const pat_tile *t, unsigned char *cov, const int64_t *qoff, const char *what)
+{
+  const pat_pack *pk = &p->packs[i];
+  const int ps = b->page_size, np = (pk->kv_len + ps - 1) / ps;
+  (void)s;
+  cr_assert(!t->wgmma, "%s: masked pack %d on a wgmma tile", what, i);
+  cr_assert(p->page_masks, "%s: masked pack %d without mask words", what, i);
+  cr_assert(np <= PAT_PAGE_WINDOW, "%s: masked pack %d has %d pages", what, i, np);
+  for (int k = 0; k < np; k++) {
+    const uint32_t w = p->page_masks[pk->page_begin + k];
+    int lo = PAT_MASK_LO(w), hi = PAT_MASK_HI(w), valid = PAT_MASK_VALID(w);
+    if (k == np - 1 && pk->kv_len - k * ps < valid) valid = pk->kv_len - k * ps;
+    cr_assert(lo < hi && hi <= pk->num_queries && valid >= 1 && valid <= ps,
+              "%s: pack %d page %d mask lo %d hi %d valid %d", what, i, k, lo, hi, valid);
+    for (int j = lo; j < hi; j++) {
+      int q = p->pack_queries[pk->query_begin + j].query;
+      int pos = pos_of(b, q, p->pages[pk->page_begin + k]);
+      cr_assert(pos >= 0, "%s: masked pack %d: query %d does not hold page %d", what, i, q, k);
+      cr_assert(pos * ps + valid <= b->seq_lens[q], "%s: masked pack %d page %d past query %d's end", what, i, k, q);
+      for (int x = 0; x < valid; x++) cov[qoff[q] + pos * ps + x]++;
+    }
+  }
+}
+
 /* Every structural invariant of a plan. Returns the number of packs that hold more than one
 ** query (0 in direct mode). */
 static int check_plan(const pat_batch *b, const pat_spec *s, const pat_host_plan *p,
@@ -141,6 +169,19 @@ static int check_plan(const pat_batch *b, const pat_spec *s, const pat_host_plan
     cr_assert(pk->page_begin >= 0 && pk->page_begin + np <= p->num_pages, "%s: pages", what);
     read += pk->kv_len;
     if (pk->num_queries > 1) shared++;
+    if (pk->masked) {
+      check_masked_pack(b, s, p, i, t, cov, qoff, what);
+      for (int j = 0; j < pk->num_queries; j++) {
+        const pat_pack_query pq = p->pack_queries[pk->query_begin + j];
+        nsplit[pq.query]++;
+        if (pq.slot < 0) neg[pq.query]++;
+        else {
+          slot_min[pq.query] = pq.slot < slot_min[pq.query] ? pq.slot : slot_min[pq.query];
+          slot_max[pq.query] = pq.slot > slot_max[pq.query] ? pq.slot : slot_max[pq.query];
+        }
+      }
+      continue;
+    }
     int start = -1;
     for (int j = 0; j < pk->num_queries; j++) {
       const pat_pack_query pq = p->pack_queries[pk->query_begin + j];
@@ -396,6 +437,14 @@ Test(sched, paper_trees_reads)
     cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s: %s", pat_paper_trees[i], err);
     check_plan(&b, &spec, &p, w.unique_tokens, pat_paper_trees[i]);
     int64_t lb = read_lower_bound(pat_paper_trees[i], max_m(&spec));
+    /* Masked packs re-read their shared pages once per pack; they aim at 2 CTAs an SM:
+    ** packs of num_queries / ceil(2 x 132 / 8) queries (at least 2). */
+    int masked = 0;
+    for (int k = 0; k < p.num_packs; k++) masked |= p.packs[k].masked;
+    if (masked) {
+      int chunk = w.num_queries / 33 < 2 ? 2 : w.num_queries / 33;
+      lb = read_lower_bound(pat_paper_trees[i], chunk < max_m(&spec) ? chunk : max_m(&spec));
+    }
     cr_assert(p.kv_tokens_read <= lb + lb * 15 / 100,
               "%s: reads %lld tokens, lower bound %lld (unique %lld)", pat_paper_trees[i],
               (long long)p.kv_tokens_read, (long long)lb, (long long)p.kv_tokens_unique);
@@ -634,4 +683,106 @@ Test(sched, mma_weight_changes_tile_choice)
 {
   cr_expect_eq(leaf_tile_n("1,10_4096,416", 2, 8), 32);
   cr_expect_eq(leaf_tile_n("1,10_4096,416", 2, 128), 64);
+}
+
+/* A spec of mma.sync tiles of 16, 32 and 64 rows and a wgmma tile of 128 (sm_90). */
+static void make_masked_spec(pat_spec *s)
+{
+  make_spec(s, 0, 0, 32);
+  s->num_tiles = 0;
+  add_tile(s, 16, 32, 1);
+  add_tile(s, 32, 64, 2);
+  add_tile(s, 64, 64, 4);
+  add_tile(s, 128, 64, 8);
+  s->tiles[3].wgmma = 1;
+  s->tiles[3].stages = 3;
+  s->archs[0] = 90;
+}
+
+/* Whether some masked pack has a query that sees none of its tokens (a split without that
+** query's branch: its row writes output 0 and LSE -inf). */
+static int masked_pack_with_idle_query(const pat_host_plan *p, int ps)
+{
+  for (int i = 0; i < p->num_packs; i++) {
+    const pat_pack *pk = &p->packs[i];
+    if (!pk->masked) continue;
+    for (int j = 0; j < pk->num_queries; j++) {
+      int seen = 0;
+      for (int k = 0; k < (pk->kv_len + ps - 1) / ps; k++) {
+        uint32_t w = p->page_masks[pk->page_begin + k];
+        seen |= j >= PAT_MASK_LO(w) && j < PAT_MASK_HI(w);
+      }
+      if (!seen) return 1;
+    }
+  }
+  return 0;
+}
+
+/* 64 leaves of 20 tokens (a partial page each) under a 256-token prefix, GQA 8: the prefix
+** and its leaves go into masked packs of 8 queries (the largest mma.sync tile, 64 rows), so
+** no query needs a merge; the partial pages sit inside the packs. */
+Test(sched, masked_packs_hold_subtrees)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  pat_workload w;
+  char err[256];
+  cr_assert_eq(pat_tree_parse("1,64_256,20", 32, 7, &w, err, sizeof err), 0, "%s", err);
+  pat_batch b = pat_workload_batch(&w, 8);
+  pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
+  pat_host_plan p;
+  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
+  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,20");
+  int masked = 0;
+  for (int i = 0; i < p.num_packs; i++) {
+    masked += p.packs[i].masked;
+    if (p.packs[i].masked) cr_assert_eq(p.packs[i].num_queries, 8, "pack %d", i);
+  }
+  cr_assert_eq(masked, 8, "%d masked packs of %d", masked, p.num_packs);
+  cr_assert_eq(p.num_merges, 0);
+  check_numerics(&b, &p, 2, 64, 11, "1,64_256,20 masked");
+  pat_host_plan_free(&p);
+  pat_workload_free(&w);
+}
+
+/* Masked packs of 2 queries (132 SMs want many packs) split 3 ways at page boundaries: one
+** split holds only the second query's leaf, so the first sees none of its tokens there. */
+Test(sched, masked_pack_splits_with_idle_queries)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  pat_workload w;
+  char err[256];
+  cr_assert_eq(pat_tree_parse("1,16_64,100", 32, 3, &w, err, sizeof err), 0, "%s", err);
+  pat_batch b = pat_workload_batch(&w, 8);
+  pat_sched_opts o = make_opts(&spec, 132, 8, PAT_SCHED_PREFIX);
+  pat_host_plan p;
+  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
+  check_plan(&b, &spec, &p, w.unique_tokens, "1,16_64,100");
+  cr_assert(masked_pack_with_idle_query(&p, 32), "no split of a masked pack leaves a query idle");
+  cr_assert_gt(p.num_merges, 0);
+  check_numerics(&b, &p, 2, 64, 12, "1,16_64,100 masked splits");
+  pat_host_plan_free(&p);
+  pat_workload_free(&w);
+}
+
+/* Without an mma.sync tile (the wgmma tile alone) there are no masked packs. */
+Test(sched, no_masked_packs_without_mma_sync_tiles)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  spec.tiles[0] = spec.tiles[3];
+  spec.num_tiles = 1;
+  pat_workload w;
+  char err[256];
+  cr_assert_eq(pat_tree_parse("1,64_256,20", 32, 7, &w, err, sizeof err), 0, "%s", err);
+  pat_batch b = pat_workload_batch(&w, 8);
+  pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
+  pat_host_plan p;
+  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
+  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,20 one tile");
+  for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
+  cr_assert_null(p.page_masks);
+  pat_host_plan_free(&p);
+  pat_workload_free(&w);
 }

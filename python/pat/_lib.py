@@ -74,6 +74,7 @@ class PlanInfo(ctypes.Structure):
         ("kv_tokens_read", ctypes.c_longlong),
         ("kv_tokens_unique", ctypes.c_longlong),
         ("build_us", ctypes.c_double),
+        ("num_masked_packs", ctypes.c_int),
     ]
 
 

@@ -75,6 +75,7 @@ class PlanInfo:
     kv_tokens_read: int
     kv_tokens_unique: int
     build_us: float
+    num_masked_packs: int
 
 
 class _Closing:
@@ -317,12 +318,12 @@ class Plan(_Closing):
 
     @property
     def info(self) -> PlanInfo:
-        """Packs, CTAs, launches, merges, KV tokens read and unique, host build time."""
+        """Packs, CTAs, launches, merges, KV tokens read and unique, host build time, masked packs."""
         raw = _lib.PlanInfo()
         st = self.context._lib.pat_plan_get_info(self._require(), ctypes.byref(raw))
         self.context._check(st, "pat_plan_get_info")
         return PlanInfo(raw.num_packs, raw.num_ctas, raw.num_launches, raw.num_merges, raw.num_slots,
-                        raw.kv_tokens_read, raw.kv_tokens_unique, raw.build_us)
+                        raw.kv_tokens_read, raw.kv_tokens_unique, raw.build_us, raw.num_masked_packs)
 
     @property
     def workspace_size(self) -> int:

@@ -7,6 +7,11 @@
 // keeps its own online-softmax state; the epilogue combines the WARPS_N warps of a row block
 // through shared memory and writes either the final output or a normalised partial output
 // (element type) plus its log2-sum-exp2 for the merge kernel.
+//
+// A masked pack (a subtree: shared pages, then its queries' own branches) masks each score by
+// its page's mask word: the pack queries that see the page and its valid tokens. A warp skips
+// a step whose token slice no query of its rows sees, so a branch costs only the warps that
+// hold its queries.
 #pragma once
 
 #include "pat/params.h"
@@ -23,16 +28,17 @@ struct pat_decode {
   static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
   static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
   static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
-  static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids (and mask words) staged in shared memory
   typedef pat_kv_copy<C::TILE_N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
-  // Dynamic shared memory: the page-id window, the Q tile, then the K/V ring, which the
-  // epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c computes the
-  // same number.
+  // Dynamic shared memory: the page-id window, the mask-word window, the Q tile, then the K/V
+  // ring, which the epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c
+  // computes the same number.
   static constexpr int RING_BYTES = C::STAGES * 2 * KV_TILE * 2;
   static constexpr int WARP_ROWS = C::TILE_M / C::WARPS_M;  // 16 or 32
   static constexpr int MB = WARP_ROWS / 16;                  // mma row blocks per warp
   static constexpr int EPILOGUE_BYTES = THREADS / 32 * WARP_ROWS * (D + 2) * 4;
-  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + C::TILE_M * D * 2 +
+  static constexpr int WINDOWS_BYTES = PAGE_WINDOW * 8;
+  static constexpr int SMEM_BYTES = WINDOWS_BYTES + C::TILE_M * D * 2 +
       (RING_BYTES > EPILOGUE_BYTES ? RING_BYTES : EPILOGUE_BYTES);
 
   static_assert(C::TILE_M == WARP_ROWS * C::WARPS_M && (MB == 1 || MB == 2),
@@ -81,9 +87,11 @@ struct pat_decode {
     const int rows = pk.num_queries * C::GQA;
     const bool warp_active = warp_m * WARP_ROWS < rows;  // warp-uniform: rows past the pack are padding
 
-    // Shared memory as 32-bit addresses: the page-id window, the Q tile, the K/V ring.
+    // Shared memory as 32-bit addresses: the page-id and mask windows, the Q tile, the K/V ring.
     int *s_pages = reinterpret_cast<int *>(smem);
-    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4;
+    u32 *s_mask_words = reinterpret_cast<u32 *>(smem + PAGE_WINDOW * 4);
+    const u32 *s_masks = pk.masked ? s_mask_words : nullptr;  // block-uniform
+    const u32 sQ = smem_u32(smem) + WINDOWS_BYTES;
     const u32 ring = sQ + C::TILE_M * ROW_BYTES;
     const u16 *q = static_cast<const u16 *>(p.q);
     const u16 *kc = static_cast<const u16 *>(p.k_cache);
@@ -95,6 +103,8 @@ struct pat_decode {
     const int *pages = p.pages + pk.page_begin;
     const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
     for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
+    if (s_masks)  // a masked pack has at most PAGE_WINDOW pages
+      for (int i = tid; i < npages; i += THREADS) s_mask_words[i] = p.page_masks[pk.page_begin + i];
 
     // Stage: Q rows of the pack (row = query x GQA + head in group) into shared memory.
     for (u32 i = tid; i < C::TILE_M * CHUNKS; i += THREADS) {
@@ -113,7 +123,7 @@ struct pat_decode {
     const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
     auto load_kv = [&](int slot, int step) {
       const u32 sK = ring + slot * 2 * KV_TILE_BYTES;
-      kv_copy::run(sK, sK + KV_TILE_BYTES, kc, vc, s_pages, pages, page_elems, p.kv_heads, kvh, kv_len, step, tid,
+      kv_copy::run(sK, sK + KV_TILE_BYTES, kc, vc, s_pages, pages, s_masks, page_elems, p.kv_heads, kvh, kv_len, step, tid,
                    [](u32 r, u32 c) { return swz(r, c); });
     };
 
@@ -164,6 +174,7 @@ struct pat_decode {
         }
       }
       if (!warp_active) continue;
+      if (s_masks && !slice_seen(s_masks, it, warp_m, warp_n, rows, kv_len)) continue;
 
       const u32 sK = ring + (it % C::STAGES) * 2 * KV_TILE_BYTES;
       const u32 sV = sK + KV_TILE_BYTES;
@@ -210,6 +221,7 @@ struct pat_decode {
       // order) and the scale folds into the exponent's FFMA; tokens past kv_len are masked.
       const int tok_base = it * C::TILE_N + warp_n * SLICE_N + 2 * (lane & 3);
       const bool tail = (it + 1) * C::TILE_N > kv_len;
+      if (s_masks) mask_scores(s, s_masks, tok_base, warp_m * WARP_ROWS + (lane >> 2), kv_len);
       u32 pa[MB][SLICE_N / 16][4];
 #pragma unroll
       for (int mb = 0; mb < MB; mb++) {
@@ -277,7 +289,7 @@ struct pat_decode {
     cp_async_wait<0>();
     __syncthreads();
     // [warps][WARP_ROWS][D] outputs, then [warps][WARP_ROWS] row maxima and sums
-    float *sO = reinterpret_cast<float *>(smem + PAGE_WINDOW * 4 + C::TILE_M * ROW_BYTES);
+    float *sO = reinterpret_cast<float *>(smem + WINDOWS_BYTES + C::TILE_M * ROW_BYTES);
     float *sM = sO + WARPS * WARP_ROWS * D;  // [warps][WARP_ROWS]
     float *sL = sM + WARPS * WARP_ROWS;      // [warps][WARP_ROWS]
 #pragma unroll
@@ -310,14 +322,19 @@ struct pat_decode {
       float m = neg_inf();
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * WARP_ROWS + rr]);
+      // A row that saw no token (a split of a masked pack without its branch) has m = -inf:
+      // subtract 0 so that no inf - inf appears; its l is 0, its output 0 and its LSE -inf,
+      // which the merge weighs 0.
+      const float base = m == neg_inf() ? 0.f : m;
       float f[C::WARPS_N], l = 0.f;
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) {
         const int w = (wm + wn * C::WARPS_M) * WARP_ROWS + rr;
-        f[wn] = fast_exp2(sM[w] - m);
+        f[wn] = fast_exp2(sM[w] - base);
         l += sL[w] * f[wn];
       }
-      const float inv = fast_rcp(l);  // l >= 1: the row's largest score contributes exp2(0)
+      // l >= 1 where the row saw a token: its largest score contributes exp2(0)
+      const float inv = l > 0.f ? fast_rcp(l) : 0.f;
       if (r / C::GQA != pq_at) {
         pq_at = r / C::GQA;
         pq = p.pack_queries[pk.query_begin + pq_at];
@@ -341,6 +358,46 @@ struct pat_decode {
         }
       }
       if (pq.slot >= 0 && lane == 0) p.part_lse[(long long)pq.slot * p.q_heads + head] = m + fast_log2(l);
+    }
+  }
+
+  // Masked packs: whether any query of this warp's rows sees a page of its token slice in
+  // step `it` (warp-uniform: every lane reads the same words).
+  static __device__ __forceinline__ bool slice_seen(const u32 *s_masks, int it, int warp_m, int warp_n, int rows,
+                                                    int kv_len)
+  {
+    const int r0 = warp_m * WARP_ROWS, r1 = min(r0 + WARP_ROWS, rows) - 1;
+    const int q0 = r0 / C::GQA, q1 = r1 / C::GQA;
+    const int t0 = it * C::TILE_N + warp_n * SLICE_N;
+    constexpr int SLICE_PAGES = SLICE_N > C::PAGE_SIZE ? SLICE_N / C::PAGE_SIZE : 1;
+    bool seen = false;
+#pragma unroll
+    for (int k = 0; k < SLICE_PAGES; k++) {
+      const int t = t0 + k * C::PAGE_SIZE;
+      const u32 w = t < kv_len ? s_masks[t / C::PAGE_SIZE] : 0u;
+      seen |= PAT_MASK_LO(w) <= q1 && PAT_MASK_HI(w) > q0;
+    }
+    return seen;
+  }
+
+  // Masked packs: -inf for the scores of tokens the row's query does not see. row0 is the
+  // row of this lane's first accumulator; tok_base the token of its first column.
+  static __device__ __forceinline__ void mask_scores(float (&s)[MB][SLICE_N / 8][4], const u32 *s_masks,
+                                                     int tok_base, int row0, int kv_len)
+  {
+#pragma unroll
+    for (int j = 0; j < SLICE_N / 8; j++) {
+      const int t = tok_base + j * 8;  // and t + 1: the same page (pages hold >= 8 tokens)
+      const u32 w = t < kv_len ? s_masks[t / C::PAGE_SIZE] : 0u;
+      const int lo = PAT_MASK_LO(w), hi = PAT_MASK_HI(w), valid = PAT_MASK_VALID(w), tip = t % C::PAGE_SIZE;
+#pragma unroll
+      for (int mb = 0; mb < MB; mb++) {
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          const int q = (row0 + mb * 16 + (x >> 1) * 8) / C::GQA;
+          if (q < lo || q >= hi || tip + (x & 1) >= valid) s[mb][j][x] = neg_inf();
+        }
+      }
     }
   }
 

@@ -23,7 +23,8 @@ struct pat_decode_wgmma {
   static constexpr int D = C::HEAD_DIM, M = C::TILE_M, N = C::TILE_N, STAGES = C::STAGES;
   static constexpr int THREADS = 2 * M;  // a warpgroup (128 threads) per 64 rows
   static constexpr int CHUNKS = D / 8;   // 16-byte chunks in one row
-  static constexpr int PAGE_WINDOW = 256;  // page ids staged in shared memory
+  static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids staged in shared memory
+  // Masked packs (page_masks) never come here: the scheduler gives them mma.sync tiles.
   typedef pat_kv_copy<N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
@@ -77,7 +78,7 @@ struct pat_decode_wgmma {
     const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
     auto load_kv = [&](int slot, int step) {
       const u32 sK = ring + slot * 2 * KV_BYTES;
-      kv_copy::run(sK, sK + KV_BYTES, kc, vc, s_pages, pages, page_elems, p.kv_heads, kvh, kv_len, step, tid,
+      kv_copy::run(sK, sK + KV_BYTES, kc, vc, s_pages, pages, nullptr, page_elems, p.kv_heads, kvh, kv_len, step, tid,
                    [](u32 r, u32 c) { return sw128(r, c, N); });
     };
     __syncthreads();  // the page window is written

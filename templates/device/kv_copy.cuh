@@ -1,9 +1,12 @@
 // kv_copy.cuh: one pipeline step's K and V rows (TILE_N tokens of one kv head) from the paged
 // caches into shared memory, one 16-byte cp.async per chunk; tokens past kv_len are
-// zero-filled. Page ids come from the shared-memory window (global memory past it). Both
-// forward kernels use it, each with its own shared-memory layout (`at`).
+// zero-filled, and so are a masked pack's tokens past a page's valid count (a partial last
+// page of a query inside the pack: whatever the cache holds there must not reach P V as NaN).
+// Page ids come from the shared-memory window (global memory past it). Both forward kernels
+// use it, each with its own shared-memory layout (`at`).
 #pragma once
 
+#include "pat/params.h"
 #include "pat/mma.cuh"
 
 template <int TILE_N, int THREADS, int CHUNKS, int PAGE_SIZE, int PAGE_WINDOW>
@@ -19,10 +22,11 @@ struct pat_kv_copy {
 
   // Step `step` into the K tile at sK and the V tile at sV; at(r, c) is the byte offset of
   // chunk c of row r in a tile. page_elems: elements of one page (PAGE_SIZE x kv_heads x D).
+  // s_masks: the masked pack's mask words (shared memory, all its pages), or nullptr.
   template <class At>
   static __device__ __forceinline__ void run(u32 sK, u32 sV, const u16 *kc, const u16 *vc, const int *s_pages,
-                                             const int *pages, long long page_elems, int kv_heads, int kvh,
-                                             int kv_len, int step, u32 tid, At at)
+                                             const int *pages, const u32 *s_masks, long long page_elems,
+                                             int kv_heads, int kvh, int kv_len, int step, u32 tid, At at)
   {
     constexpr int D = CHUNKS * 8;
     if constexpr (ROWS_BY_PAGE) {
@@ -32,14 +36,16 @@ struct pat_kv_copy {
       const u32 c = tid % CHUNKS, r0 = tid / CHUNKS;
       const int row_step = RS * kv_heads * D;
       const u16 *src_k = kc, *src_v = vc;
+      u32 valid = PAGE_SIZE;  // tokens of the current page that may be read
 #pragma unroll
       for (int k = 0; k < LOAD_ITERS; k++) {
         const u32 r = r0 + k * RS;
         if (RS * LOAD_ITERS > TILE_N && r >= TILE_N) break;
         const u32 t = step * TILE_N + r;
-        const bool in = t < (u32)kv_len;
         if (k == 0 || (k * RS) % PAGE_SIZE == 0) {
           const u32 pi = t / PAGE_SIZE;
+          const bool in = t < (u32)kv_len;
+          if (s_masks) valid = in ? PAT_MASK_VALID(s_masks[pi]) : 0;
           const int page = in ? (pi < PAGE_WINDOW ? s_pages[pi] : pages[pi]) : 0;
           const long long off = page * page_elems + (int)(((t % PAGE_SIZE) * kv_heads + kvh) * D + c * 8);
           src_k = kc + off;
@@ -48,6 +54,7 @@ struct pat_kv_copy {
           src_k += row_step;
           src_v += row_step;
         }
+        const bool in = t < (u32)kv_len && t % PAGE_SIZE < valid;
         cp_async16(sK + at(r, c), in ? src_k : kc, in ? 16 : 0);
         cp_async16(sV + at(r, c), in ? src_v : vc, in ? 16 : 0);
       }
@@ -64,7 +71,7 @@ struct pat_kv_copy {
         const u32 pi = t / PAGE_SIZE, tip = t % PAGE_SIZE;
         const u16 *src_k = kc, *src_v = vc;
         int bytes = 0;
-        if (t < (u32)kv_len) {
+        if (t < (u32)kv_len && (!s_masks || tip < (u32)PAT_MASK_VALID(s_masks[pi]))) {
           const int page = pi < PAGE_WINDOW ? s_pages[pi] : pages[pi];
           const long long off = page * page_elems + (int)((tip * kv_heads + kvh) * D + c * 8);
           src_k = kc + off;

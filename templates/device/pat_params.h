@@ -4,13 +4,27 @@
 #define PAT_PARAMS_H
 
 /* One pack: queries that share a run of KV pages. One CTA per (pack, kv head). Tokens are
-** counted from the first token of the pack's first page. */
+** counted from the first token of the pack's first page. A masked pack holds a subtree: its
+** shared pages and below them the pages of its queries' branches; each page's mask word
+** (page_masks, at the page's index) says which of the pack's queries see it and how many of
+** its tokens are valid. */
 typedef struct pat_pack {
   int query_begin;  /* index of its first entry in pack_queries */
   int num_queries;  /* num_queries x GQA <= tile M; 0: an empty pack (padding), skipped */
   int page_begin;   /* index of its first page id in pages */
   int kv_len;       /* tokens attended to, 1 .. pages x PAGE_SIZE */
+  int masked;       /* 1: page_masks apply (at most PAT_PAGE_WINDOW pages; mma.sync tiles) */
 } pat_pack;
+
+/* Page mask word: pack queries lo .. hi-1 (indices within the pack) see tokens 0 .. valid-1
+** of the page. */
+#define PAT_MASK_WORD(lo, hi, valid) ((unsigned)(lo) | (unsigned)(hi) << 8 | (unsigned)(valid) << 16)
+#define PAT_MASK_LO(w) ((int)((w) & 255u))
+#define PAT_MASK_HI(w) ((int)(((w) >> 8) & 255u))
+#define PAT_MASK_VALID(w) ((int)((w) >> 16))
+
+/* Page ids a forward CTA stages in shared memory (and the most pages of a masked pack). */
+enum { PAT_PAGE_WINDOW = 256 };
 
 /* One query in a pack and where its partial result goes. */
 typedef struct pat_pack_query {
@@ -36,6 +50,8 @@ typedef struct pat_fwd_params {
   const pat_pack *packs;  /* this launch's packs, grid.x of them, device */
   const pat_pack_query *pack_queries;  /* device */
   const int *pages;       /* page ids, device */
+  const unsigned *page_masks;  /* mask words by page index (PAT_MASK_WORD), device; NULL: no
+                               ** pack of the plan is masked */
   long long q_stride;     /* elements */
   long long o_stride;     /* elements */
   int q_heads;            /* kv_heads x GQA */
