@@ -13,12 +13,12 @@ int pat_tile_threads(const pat_tile *t) { return 32 * t->warps; }
 
 static int dtype_bytes(pat_dtype d) { (void)d; return 2; }
 
-enum { PAGE_WINDOW_BYTES = PAT_PAGE_WINDOW * 4 };  /* the staged page ids (or mask words) */
+enum { PAGE_WINDOW_BYTES = PAT_PAGE_WINDOW * 4 };  /* the staged page ids (and mask words) */
 
 /*
 ** Layout of the forward kernel's dynamic shared memory:
-**   page ids    the first 256 page ids of the pack (int32);
-**   page masks  (mma.sync tiles) the mask words of a masked pack's pages (uint32);
+**   page ids    the first 256 page ids of the pack (int32); a masked pack's 128 at most,
+**               then their mask words;
 **   Q tile      M x HEAD_DIM elements, loaded once;
 **   K, V ring   STAGES x 2 x N x HEAD_DIM elements, the cp.async pipeline;
 ** and, reusing the ring once the KV loop is over, the epilogue that combines the warps that
@@ -39,7 +39,7 @@ int pat_tile_smem_bytes_for(const pat_spec *s, const pat_tile *t, int slots)
   if (t->wgmma)  /* the output leaves from the accumulators: no epilogue buffer */
     return PAGE_WINDOW_BYTES + q + ring;
   int epilogue = t->warps * pat_tile_warp_rows(t) * (s->head_dim + 2) * 4;
-  return 2 * PAGE_WINDOW_BYTES + q + (ring > epilogue ? ring : epilogue);
+  return PAGE_WINDOW_BYTES + q + (ring > epilogue ? ring : epilogue);
 }
 
 int pat_arch_smem_limit(int arch)

@@ -15,6 +15,9 @@
 #define COST_CTA    48.0           /* fixed cost of one CTA: launch, prologue, epilogue */
 #define COST_STEP   8.0            /* one pipeline step: barriers, softmax rescale */
 #define COST_INF    1e300
+/* Longest shared part a masked pack re-reads (tokens): 256 measured faster (1,256_256,32),
+** 2048 40% slower (1,1024_2048,32 at 32/32) than own packs on the wgmma tile. */
+#define MASKED_SHARED_MAX 1024
 
 typedef struct node {
   int32_t pos;        /* page position of its first page in every row below it */
@@ -74,6 +77,7 @@ typedef struct ctx {
   double ctok1, cpack1, cmerge;
   int32_t mcap;       /* most queries a masked pack holds (0: no mma.sync tile: no absorbing) */
   int32_t mchunk;     /* queries a masked pack aims at: enough packs to fill the GPU */
+  int32_t grid_packs; /* packs that fill the GPU: ctas_per_sm x SMs / kv_heads */
   int32_t *mpage;     /* masked packs' page ids, growing (mcap_pages entries) */
   uint32_t *mword;    /* and their mask words */
   int32_t nmp, mpcap;
@@ -583,7 +587,7 @@ static inline void own_chunks(const ctx *c, int32_t nq, int32_t *k, int *mf, int
 /* ---- absorbing: a node's whole subtree in masked packs. Its members (terminal queries
 ** with their partial last pages, then its children's subtrees, in order[]) are cut greedily
 ** into chunks: a member joins the open chunk while that stays within mchunk queries and the
-** page window; a member alone may take up to mcap queries. Every chunk is one masked pack:
+** masked-page limit; a member alone may take up to mcap queries. Every chunk is one masked pack:
 ** the node's shared pages (seen by all its queries) and its members' pages (each seen by the
 ** queries below it), so that no query of the subtree needs another split. */
 
@@ -617,10 +621,19 @@ static chunking absorb_chunks(ctx *c, const node *nd, int32_t shared, int32_t em
 {
   chunking r = {0, 0, 0};
   if (c->mcap < 2 || nd->q_hi - nd->q_lo < 2) return r;
-  const int32_t room = PAT_PAGE_WINDOW - shared, nm = nd->nterm + nd->nchild;
+  const int32_t room = PAT_MASKED_PAGES - shared, nm = nd->nterm + nd->nchild;
   const double L = (double)nd->npages * c->ps;
   int32_t qc = 0, pc = 0, i0 = 0;
   double tc = 0;
+  /* Each chunk re-reads the shared pages, at the rows of an mma.sync tile: where they are
+  ** more than the branches' tokens (a long prefix over short leaves), the own packs on the
+  ** larger (wgmma) tile and a merge cost less than the model's weights say (measured:
+  ** 1,1024_2048,32). */
+  if (emit_pos < 0) {
+    int64_t branch_tok = (int64_t)(nd->sub_tok - L);
+    int32_t k = (nd->q_hi - nd->q_lo + c->mchunk - 1) / c->mchunk;
+    if ((int64_t)shared * c->ps * k > branch_tok || shared * c->ps > MASKED_SHARED_MAX) return r;
+  }
   for (int32_t i = 0; i <= nm; i++) {
     int32_t lo, mq = 0, mp = 0;
     double mt = 0;
@@ -645,6 +658,10 @@ static chunking absorb_chunks(ctx *c, const node *nd, int32_t shared, int32_t em
     pc += mp;
     tc += mt;
   }
+  /* Chunks this large over the whole batch would leave more than half of the grid empty, and
+  ** masked packs are not split (measured: 2,8,16,256_256,256,32,32 at 16/8, 30% slower). */
+  if (emit_pos < 0 && 2 * (int64_t)c->n * r.packs < (int64_t)c->grid_packs * (nd->q_hi - nd->q_lo))
+    return (chunking){0, 0, 0};
   return r;
 }
 
@@ -878,7 +895,9 @@ static int split_packs(ctx *c, int32_t *cnt)
   for (int32_t i = 0; i < c->nbp; i++) {
     bpack *p = &c->bp[i];
     p->max_s = 0;  /* not computed yet */
-    if (p->kv_len <= lcap) continue;
+    /* masked packs are sized for the grid already, and a split of one costs every query in
+    ** it a merge (measured: 5 splits of 32-query packs, 30-40% slower) */
+    if (p->mask_at >= 0 || p->kv_len <= lcap) continue;
     set_max_splits(c, p, (int32_t)min_kv);
     if (p->max_s <= 1) continue;
     int64_t want = (p->kv_len + lcap - 1) / lcap;
@@ -898,7 +917,7 @@ static int split_packs(ctx *c, int32_t *cnt)
   int32_t hn = 0;
   for (int32_t i = 0; i < c->nbp; i++) {
     if (c->bp[i].max_s == 0) set_max_splits(c, &c->bp[i], (int32_t)min_kv);
-    if (can_split(c, &c->bp[i], cnt, max_splits)) h[hn++] = i;
+    if (c->bp[i].mask_at < 0 && can_split(c, &c->bp[i], cnt, max_splits)) h[hn++] = i;
   }
   for (int32_t i = hn / 2 - 1; i >= 0; i--) heap_down(c, h, hn, i);
   while (packs < target && hn > 0) {
@@ -1140,10 +1159,10 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   ** Partials are 2-byte now; 0.5 to 4 x gqa + 1 measured the same (H200, bench/NOTES.md), so
   ** the weight is kept. */
   c.cmerge = 2.0 * c.gqa + 1.0;
-  /* Masked packs: mma.sync tiles only; lo and hi of a mask word are 8-bit. They aim at at
-  ** least ctas_per_sm CTAs an SM were every query in one (more queries a pack re-read fewer
-  ** shared pages; fewer packs than that leave SMs idle, and the split policy would then cut
-  ** every pack in two, with a merge for each query). */
+  /* Masked packs: mma.sync tiles only; lo and hi of a mask word are 8-bit. They aim at
+  ** ctas_per_sm CTAs an SM were every query in one: more queries a pack re-read fewer shared
+  ** pages, fewer leave SMs idle, more start a second wave. The split policy leaves them alone
+  ** unless one is far longer than its share (split_packs). */
   int mmask = 0;
   for (int i = 0; i < model_tiles(c.s); i++)
     if (!c.s->tiles[i].wgmma && c.s->tiles[i].m > mmask) mmask = c.s->tiles[i].m;
@@ -1151,7 +1170,8 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   {
     int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
     int64_t packs = (ctas + o->kv_heads - 1) / o->kv_heads;
-    int64_t q = c.n / packs;
+    c.grid_packs = (int32_t)packs;
+    int64_t q = (c.n + packs - 1) / packs;
     c.mchunk = (int32_t)(q < 2 ? 2 : q > c.mcap ? c.mcap : q);
   }
 

@@ -363,6 +363,42 @@ Test(gpu, merge_of_many_splits, .timeout = 300)
   pat_context_destroy(ctx);
 }
 
+/* Masked packs (a subtree in one pack): the default spec's tiles, KV split down to 64
+** tokens. 1,256_256,32: a 256-token prefix and its 32-token leaves in packs of 8 queries, no
+** merge; 1,64_256,40 (32/32): leaves of 40 tokens, partial pages inside the packs; a deep
+** tree whose lower levels go into masked packs beside own packs and merges. */
+#define MASKED_TILES "[{m: 16, n: 32, warps: 2, stages: 2}, {m: 32, n: 64, warps: 4, stages: 3}, " \
+                     "{m: 64, n: 64, warps: 8, stages: 3}, {m: 128, n: 64, warps: 8, stages: 3, wgmma: 1}]"
+Test(gpu, masked_packs, .timeout = 300)
+{
+  skip_without_gpu();
+  pat_context *ctx = open_ctx(write_spec_text(
+      "masked_splits", "page_size: 32\ngqa: [1, 2, 8]\ntiles: " MASKED_TILES "\n"
+      "split: {min_kv_per_split: 64, max_splits: 8, ctas_per_sm: 2}\n"));
+  static const struct { const char *tree; int q, kv, merges; } cases[] = {
+      {"1,256_256,32", 64, 8, 0}, {"1,256_256,32", 16, 8, 0}, {"1,256_256,32", 32, 32, 0},
+      {"1,64_256,40", 32, 32, 0}, {"1,16,32,64,128,1024_256,128,64,32,32,32", 64, 8, 1},
+      {"1,16,32,64,128,1024_256,128,64,32,32,32", 16, 8, 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    pat_workload w = parse_tree(cases[i].tree, 32, 40 + (uint64_t)i);
+    char err[4096], what[96];
+    snprintf(what, sizeof what, "%s %d/%d", cases[i].tree, cases[i].q, cases[i].kv);
+    harness *h = harness_create(ctx, &w, cases[i].q, cases[i].kv, 77, err, sizeof err);
+    cr_assert_not_null(h, "%s: %s", what, err);
+    harness_result r;
+    cr_assert_eq(harness_run(h, PAT_MODE_PREFIX, 0, 0, &r, err, sizeof err), 0, "%s: %s", what, err);
+    cr_expect_gt(r.info.num_masked_packs, 0, "%s: no masked pack", what);
+    cr_expect_eq(r.info.num_merges > 0, cases[i].merges, "%s: %d merges", what, r.info.num_merges);
+    cr_expect_eq(r.nonfinite, 0, "%s: %lld outputs not finite", what, r.nonfinite);
+    cr_expect(r.rel_err < TOL_FP16, "%s: rel_err %.3e", what, r.rel_err);
+    cr_log_info("%s: %d packs (%d masked), %d merges, rel_err %.2e\n", what, r.info.num_packs,
+                r.info.num_masked_packs, r.info.num_merges, r.rel_err);
+    harness_destroy(h);
+    pat_workload_free(&w);
+  }
+  pat_context_destroy(ctx);
+}
+
 /* PAT_PDL=off: the tile groups fork onto the context's streams and join back before the
 ** merge (the launch path before sm_90; every other suite on sm_90 runs the PDL chain).
 ** Three tiles, so that random trees launch several groups and merge most queries. */

@@ -86,7 +86,7 @@ static void check_masked_pack(const pat_batch *b, const pat_spec *s, const pat_h
   (void)s;
   cr_assert(!t->wgmma, "%s: masked pack %d on a wgmma tile", what, i);
   cr_assert(p->page_masks, "%s: masked pack %d without mask words", what, i);
-  cr_assert(np <= PAT_PAGE_WINDOW, "%s: masked pack %d has %d pages", what, i, np);
+  cr_assert(np <= PAT_MASKED_PAGES, "%s: masked pack %d has %d pages", what, i, np);
   for (int k = 0; k < np; k++) {
     const uint32_t w = p->page_masks[pk->page_begin + k];
     int lo = PAT_MASK_LO(w), hi = PAT_MASK_HI(w), valid = PAT_MASK_VALID(w);
@@ -699,26 +699,7 @@ static void make_masked_spec(pat_spec *s)
   s->archs[0] = 90;
 }
 
-/* Whether some masked pack has a query that sees none of its tokens (a split without that
-** query's branch: its row writes output 0 and LSE -inf). */
-static int masked_pack_with_idle_query(const pat_host_plan *p, int ps)
-{
-  for (int i = 0; i < p->num_packs; i++) {
-    const pat_pack *pk = &p->packs[i];
-    if (!pk->masked) continue;
-    for (int j = 0; j < pk->num_queries; j++) {
-      int seen = 0;
-      for (int k = 0; k < (pk->kv_len + ps - 1) / ps; k++) {
-        uint32_t w = p->page_masks[pk->page_begin + k];
-        seen |= j >= PAT_MASK_LO(w) && j < PAT_MASK_HI(w);
-      }
-      if (!seen) return 1;
-    }
-  }
-  return 0;
-}
-
-/* 64 leaves of 20 tokens (a partial page each) under a 256-token prefix, GQA 8: the prefix
+/* 64 leaves of 40 tokens (a partial last page each) under a 256-token prefix, GQA 8: the prefix
 ** and its leaves go into masked packs of 8 queries (the largest mma.sync tile, 64 rows), so
 ** no query needs a merge; the partial pages sit inside the packs. */
 Test(sched, masked_packs_hold_subtrees)
@@ -727,12 +708,12 @@ Test(sched, masked_packs_hold_subtrees)
   make_masked_spec(&spec);
   pat_workload w;
   char err[256];
-  cr_assert_eq(pat_tree_parse("1,64_256,20", 32, 7, &w, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(pat_tree_parse("1,64_256,40", 32, 7, &w, err, sizeof err), 0, "%s", err);
   pat_batch b = pat_workload_batch(&w, 8);
   pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
   pat_host_plan p;
   cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
-  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,20");
+  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,40");
   int masked = 0;
   for (int i = 0; i < p.num_packs; i++) {
     masked += p.packs[i].masked;
@@ -740,28 +721,7 @@ Test(sched, masked_packs_hold_subtrees)
   }
   cr_assert_eq(masked, 8, "%d masked packs of %d", masked, p.num_packs);
   cr_assert_eq(p.num_merges, 0);
-  check_numerics(&b, &p, 2, 64, 11, "1,64_256,20 masked");
-  pat_host_plan_free(&p);
-  pat_workload_free(&w);
-}
-
-/* Masked packs of 2 queries (132 SMs want many packs) split 3 ways at page boundaries: one
-** split holds only the second query's leaf, so the first sees none of its tokens there. */
-Test(sched, masked_pack_splits_with_idle_queries)
-{
-  pat_spec spec;
-  make_masked_spec(&spec);
-  pat_workload w;
-  char err[256];
-  cr_assert_eq(pat_tree_parse("1,16_64,100", 32, 3, &w, err, sizeof err), 0, "%s", err);
-  pat_batch b = pat_workload_batch(&w, 8);
-  pat_sched_opts o = make_opts(&spec, 132, 8, PAT_SCHED_PREFIX);
-  pat_host_plan p;
-  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
-  check_plan(&b, &spec, &p, w.unique_tokens, "1,16_64,100");
-  cr_assert(masked_pack_with_idle_query(&p, 32), "no split of a masked pack leaves a query idle");
-  cr_assert_gt(p.num_merges, 0);
-  check_numerics(&b, &p, 2, 64, 12, "1,16_64,100 masked splits");
+  check_numerics(&b, &p, 2, 64, 11, "1,64_256,40 masked");
   pat_host_plan_free(&p);
   pat_workload_free(&w);
 }
@@ -775,12 +735,12 @@ Test(sched, no_masked_packs_without_mma_sync_tiles)
   spec.num_tiles = 1;
   pat_workload w;
   char err[256];
-  cr_assert_eq(pat_tree_parse("1,64_256,20", 32, 7, &w, err, sizeof err), 0, "%s", err);
+  cr_assert_eq(pat_tree_parse("1,64_256,40", 32, 7, &w, err, sizeof err), 0, "%s", err);
   pat_batch b = pat_workload_batch(&w, 8);
   pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
   pat_host_plan p;
   cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
-  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,20 one tile");
+  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,40 one tile");
   for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
   cr_assert_null(p.page_masks);
   pat_host_plan_free(&p);

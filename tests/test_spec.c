@@ -141,13 +141,13 @@ Test(spec, every_field_read)
   cr_expect_str_eq(name, "pat_fwd_every_field_9_m64n64w4s2r32_g3");
   pat_tile_kernel_name(&s, &s.tiles[0], 3, name, sizeof name);
   cr_expect_str_eq(name, "pat_fwd_every_field_9_m16n32w2s4_g3");
-  /* page ids and mask words (2 x 1 KiB); the epilogue holds 32 fp32 rows (+ max and sum) per warp: 4 x 32 x 66 x 4 bytes */
-  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[2]), 2048 + 64 * 64 * 2 + 4 * 32 * 66 * 4);
+  /* the epilogue holds 32 fp32 rows (+ max and sum) per warp: 4 x 32 x 66 x 4 bytes */
+  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[2]), 1024 + 64 * 64 * 2 + 4 * 32 * 66 * 4);
   /* a launch of short packs: fewer ring slots (4 x K and V of 32 x 64 x 2 bytes in full), but
   ** never less than the epilogue (2 warps x 16 rows x 66 x 4) that reuses the ring */
-  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[0]), 2048 + 16 * 64 * 2 + 4 * 2 * 32 * 64 * 2);
-  cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 2), 2048 + 16 * 64 * 2 + 2 * 2 * 32 * 64 * 2);
-  cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 1), 2048 + 16 * 64 * 2 + 2 * 16 * 66 * 4);
+  cr_expect_eq(pat_tile_smem_bytes(&s, &s.tiles[0]), 1024 + 16 * 64 * 2 + 4 * 2 * 32 * 64 * 2);
+  cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 2), 1024 + 16 * 64 * 2 + 2 * 2 * 32 * 64 * 2);
+  cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 1), 1024 + 16 * 64 * 2 + 2 * 16 * 66 * 4);
   cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 0), pat_tile_smem_bytes(&s, &s.tiles[0]));
   cr_expect_eq(pat_tile_smem_bytes_for(&s, &s.tiles[0], 5), pat_tile_smem_bytes(&s, &s.tiles[0]));
   cr_expect_eq(s.split.min_kv_per_split, 16);

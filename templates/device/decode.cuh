@@ -28,16 +28,16 @@ struct pat_decode {
   static constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
   static constexpr int SLICE_N = C::TILE_N / C::WARPS_N;
   static constexpr int KV_TILE = C::TILE_N * D;   // elements of one K (or V) tile
-  static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids (and mask words) staged in shared memory
+  static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids staged in shared memory
   typedef pat_kv_copy<C::TILE_N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
-  // Dynamic shared memory: the page-id window, the mask-word window, the Q tile, then the K/V
-  // ring, which the epilogue reuses for per-warp fp32 outputs and row statistics. gen/tile.c
-  // computes the same number.
+  // Dynamic shared memory: the page-id window (a masked pack's mask words in its second half),
+  // the Q tile, then the K/V ring, which the epilogue reuses for per-warp fp32 outputs and row
+  // statistics. gen/tile.c computes the same number.
   static constexpr int RING_BYTES = C::STAGES * 2 * KV_TILE * 2;
   static constexpr int WARP_ROWS = C::TILE_M / C::WARPS_M;  // 16 or 32
   static constexpr int MB = WARP_ROWS / 16;                  // mma row blocks per warp
   static constexpr int EPILOGUE_BYTES = THREADS / 32 * WARP_ROWS * (D + 2) * 4;
-  static constexpr int WINDOWS_BYTES = PAGE_WINDOW * 8;
+  static constexpr int WINDOWS_BYTES = PAGE_WINDOW * 4;
   static constexpr int SMEM_BYTES = WINDOWS_BYTES + C::TILE_M * D * 2 +
       (RING_BYTES > EPILOGUE_BYTES ? RING_BYTES : EPILOGUE_BYTES);
 
@@ -87,9 +87,9 @@ struct pat_decode {
     const int rows = pk.num_queries * C::GQA;
     const bool warp_active = warp_m * WARP_ROWS < rows;  // warp-uniform: rows past the pack are padding
 
-    // Shared memory as 32-bit addresses: the page-id and mask windows, the Q tile, the K/V ring.
+    // Shared memory as 32-bit addresses: the page-id window, the Q tile, the K/V ring.
     int *s_pages = reinterpret_cast<int *>(smem);
-    u32 *s_mask_words = reinterpret_cast<u32 *>(smem + PAGE_WINDOW * 4);
+    u32 *s_mask_words = reinterpret_cast<u32 *>(smem) + PAT_MASKED_PAGES;  // masked: <= 128 pages
     const u32 *s_masks = pk.masked ? s_mask_words : nullptr;  // block-uniform
     const u32 sQ = smem_u32(smem) + WINDOWS_BYTES;
     const u32 ring = sQ + C::TILE_M * ROW_BYTES;
@@ -103,7 +103,7 @@ struct pat_decode {
     const int *pages = p.pages + pk.page_begin;
     const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
     for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
-    if (s_masks)  // a masked pack has at most PAGE_WINDOW pages
+    if (s_masks)  // a masked pack has at most PAT_MASKED_PAGES pages
       for (int i = tid; i < npages; i += THREADS) s_mask_words[i] = p.page_masks[pk.page_begin + i];
 
     // Stage: Q rows of the pack (row = query x GQA + head in group) into shared memory.

@@ -13,7 +13,7 @@ typedef struct pat_pack {
   int num_queries;  /* num_queries x GQA <= tile M; 0: an empty pack (padding), skipped */
   int page_begin;   /* index of its first page id in pages */
   int kv_len;       /* tokens attended to, 1 .. pages x PAGE_SIZE */
-  int masked;       /* 1: page_masks apply (at most PAT_PAGE_WINDOW pages; mma.sync tiles) */
+  int masked;       /* 1: page_masks apply (at most PAT_MASKED_PAGES pages; mma.sync tiles) */
 } pat_pack;
 
 /* Page mask word: pack queries lo .. hi-1 (indices within the pack) see tokens 0 .. valid-1
@@ -23,8 +23,10 @@ typedef struct pat_pack {
 #define PAT_MASK_HI(w) ((int)(((w) >> 8) & 255u))
 #define PAT_MASK_VALID(w) ((int)((w) >> 16))
 
-/* Page ids a forward CTA stages in shared memory (and the most pages of a masked pack). */
-enum { PAT_PAGE_WINDOW = 256 };
+/* Page ids a forward CTA stages in shared memory. A masked pack has at most half as many
+** pages: its mask words take the window's second half (no shared memory added, so that two
+** CTAs of the 113 KB tiles still share an SM). */
+enum { PAT_PAGE_WINDOW = 256, PAT_MASKED_PAGES = PAT_PAGE_WINDOW / 2 };
 
 /* One query in a pack and where its partial result goes. */
 typedef struct pat_pack_query {
