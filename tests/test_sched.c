@@ -699,6 +699,18 @@ static void make_masked_spec(pat_spec *s)
   s->archs[0] = 90;
 }
 
+/* Parses `tree`, schedules it at GQA gqa on `sms` SMs and 8 kv heads, checks the plan. */
+static void plan_tree(const pat_spec *spec, const char *tree, uint64_t seed, int gqa, int sms, pat_workload *w,
+                      pat_batch *b, pat_host_plan *p)
+{
+  char err[256];
+  cr_assert_eq(pat_tree_parse(tree, 32, seed, w, err, sizeof err), 0, "%s", err);
+  *b = pat_workload_batch(w, gqa);
+  pat_sched_opts o = make_opts(spec, sms, 8, PAT_SCHED_PREFIX);
+  cr_assert_eq(pat_sched_build(b, &o, p, err, sizeof err), 0, "%s: %s", tree, err);
+  check_plan(b, spec, p, w->unique_tokens, tree);
+}
+
 /* 64 leaves of 40 tokens (a partial last page each) under a 256-token prefix, GQA 8: the prefix
 ** and its leaves go into masked packs of 8 queries (the largest mma.sync tile, 64 rows), so
 ** no query needs a merge; the partial pages sit inside the packs. */
@@ -707,13 +719,9 @@ Test(sched, masked_packs_hold_subtrees)
   pat_spec spec;
   make_masked_spec(&spec);
   pat_workload w;
-  char err[256];
-  cr_assert_eq(pat_tree_parse("1,64_256,40", 32, 7, &w, err, sizeof err), 0, "%s", err);
-  pat_batch b = pat_workload_batch(&w, 8);
-  pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
+  pat_batch b;
   pat_host_plan p;
-  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
-  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,40");
+  plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
   int masked = 0;
   for (int i = 0; i < p.num_packs; i++) {
     masked += p.packs[i].masked;
@@ -734,13 +742,9 @@ Test(sched, no_masked_packs_without_mma_sync_tiles)
   spec.tiles[0] = spec.tiles[3];
   spec.num_tiles = 1;
   pat_workload w;
-  char err[256];
-  cr_assert_eq(pat_tree_parse("1,64_256,40", 32, 7, &w, err, sizeof err), 0, "%s", err);
-  pat_batch b = pat_workload_batch(&w, 8);
-  pat_sched_opts o = make_opts(&spec, 16, 8, PAT_SCHED_PREFIX);
+  pat_batch b;
   pat_host_plan p;
-  cr_assert_eq(pat_sched_build(&b, &o, &p, err, sizeof err), 0, "%s", err);
-  check_plan(&b, &spec, &p, w.unique_tokens, "1,64_256,40 one tile");
+  plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
   for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
   cr_assert_null(p.page_masks);
   pat_host_plan_free(&p);
