@@ -322,9 +322,10 @@ struct pat_decode {
       float m = neg_inf();
 #pragma unroll
       for (int wn = 0; wn < C::WARPS_N; wn++) m = fmaxf(m, sM[(wm + wn * C::WARPS_M) * WARP_ROWS + rr]);
-      // A row that saw no token (a split of a masked pack without its branch) has m = -inf:
-      // subtract 0 so that no inf - inf appears; its l is 0, its output 0 and its LSE -inf,
-      // which the merge weighs 0.
+      // A row that saw no token has m = -inf: subtract 0 so that no inf - inf appears; its l
+      // is 0, its output 0 and its LSE -inf (weight 0 in the merge) rather than NaN. Plans do
+      // not make such rows today (masked packs are not split); this keeps one from poisoning
+      // a merge.
       const float base = m == neg_inf() ? 0.f : m;
       float f[C::WARPS_N], l = 0.f;
 #pragma unroll
