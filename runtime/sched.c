@@ -1161,15 +1161,21 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.cmerge = 2.0 * c.gqa + 1.0;
   /* Masked packs: mma.sync tiles only; lo and hi of a mask word are 8-bit. They aim at
   ** ctas_per_sm CTAs an SM were every query in one: more queries a pack re-read fewer shared
-  ** pages, fewer leave SMs idle, more start a second wave. The split policy leaves them alone
-  ** unless one is far longer than its share (split_packs). */
+  ** pages, fewer leave SMs idle, more start a second wave. The split policy leaves them
+  ** alone (split_packs). */
   int mmask = 0;
   for (int i = 0; i < model_tiles(c.s); i++)
     if (!c.s->tiles[i].wgmma && c.s->tiles[i].m > mmask) mmask = c.s->tiles[i].m;
   c.mcap = mmask / c.gqa < 255 ? mmask / c.gqa : 255;
   {
     int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
-    int64_t packs = (ctas + o->kv_heads - 1) / o->kv_heads;
+    /* whole waves: one pack more than fits starts a second wave of kv_heads CTAs */
+    int64_t packs = ctas / o->kv_heads > 1 ? ctas / o->kv_heads : 1;
+#ifdef PAT_EXPERIMENT
+    const char *xs = getenv("PAT_X_MCHUNK_SCALE");
+    if (xs) packs = (int64_t)(packs * atof(xs));
+    if (getenv("PAT_X_NO_MASK")) c.mcap = 0;
+#endif
     c.grid_packs = (int32_t)packs;
     int64_t q = (c.n + packs - 1) / packs;
     c.mchunk = (int32_t)(q < 2 ? 2 : q > c.mcap ? c.mcap : q);
