@@ -1171,11 +1171,6 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
     int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
     /* whole waves: one pack more than fits starts a second wave of kv_heads CTAs */
     int64_t packs = ctas / o->kv_heads > 1 ? ctas / o->kv_heads : 1;
-#ifdef PAT_EXPERIMENT
-    const char *xs = getenv("PAT_X_MCHUNK_SCALE");
-    if (xs) packs = (int64_t)(packs * atof(xs));
-    if (getenv("PAT_X_NO_MASK")) c.mcap = 0;
-#endif
     c.grid_packs = (int32_t)packs;
     int64_t q = (c.n + packs - 1) / packs;
     c.mchunk = (int32_t)(q < 2 ? 2 : q > c.mcap ? c.mcap : q);
