@@ -78,7 +78,7 @@ typedef struct ctx {
   int32_t mcap;       /* most queries a masked pack holds (0: no mma.sync tile: no absorbing) */
   int32_t mchunk;     /* queries a masked pack aims at: enough packs to fill the GPU */
   int32_t grid_packs; /* packs that fill the GPU: ctas_per_sm x SMs / kv_heads */
-  int32_t *mpage;     /* masked packs' page ids, growing (mcap_pages entries) */
+  int32_t *mpage;     /* masked packs' page ids, growing (mpcap entries) */
   uint32_t *mword;    /* and their mask words */
   int32_t nmp, mpcap;
   int32_t *stack;     /* depth-first walk of a subtree (emit_chunk) */
