@@ -44,8 +44,11 @@ static const char *write_spec(const char *name, int page, const char *gqa, const
 /* Captures pat_forward with a capacity plan covering NTREES random trees (prefix and direct
 ** mode alternately), replays it for each tree in a shuffled order and checks the output;
 ** then checks that a batch beyond the capacities is refused and leaves the plan usable.
-** small_tile_packs > 0 limits tile 0's launch, so that its packs move to a larger tile. */
-static void replay(const char *spec_path, int page, int gqa, int kv_heads, int external_ws, int small_tile_packs)
+** small_tile_packs > 0 limits tile 0's launch, so that its packs move to a larger tile.
+** trees (NTREES of them, or NULL: random trees) names the batches; with names, some prefix
+** plan must hold masked packs. */
+static void replay(const char *spec_path, int page, int gqa, int kv_heads, int external_ws, int small_tile_packs,
+                   const char *const *trees)
 {
   const pat_cuda *cu = skip_without_gpu();
   char err[8192];
@@ -61,7 +64,10 @@ static void replay(const char *spec_path, int page, int gqa, int kv_heads, int e
   for (int i = 0; i < NTREES; i++) {
     pat_random_tree_opts o = {.max_depth = 4, .max_fanout = 12, .max_queries = 16 + 8 * i,
                               .max_pages = 120 + 40 * i, .max_node_pages = 6, .max_leaf_tokens = 3 * page};
-    cr_assert_eq(pat_tree_random(7000 + (uint64_t)i, &o, page, &w[i], err, sizeof err), 0, "%s", err);
+    if (trees)
+      cr_assert_eq(pat_tree_parse(trees[i], page, 7000 + (uint64_t)i, &w[i], err, sizeof err), 0, "%s", err);
+    else
+      cr_assert_eq(pat_tree_random(7000 + (uint64_t)i, &o, page, &w[i], err, sizeof err), 0, "%s", err);
     b[i] = (pat_batch_desc){.num_queries = w[i].num_queries, .seq_lens = w[i].seq_lens,
                             .block_table = w[i].block_table, .block_table_stride = w[i].stride,
                             .num_pages = w[i].num_pages, .q_heads = q_heads, .kv_heads = kv_heads,
@@ -127,7 +133,7 @@ static void replay(const char *spec_path, int page, int gqa, int kv_heads, int e
   CU_OK(cu->cuGraphInstantiate(&exec, graph, 0));
 
   /* Replay: every tree, in a shuffled order, the first one last. */
-  int last = 0;
+  int last = 0, masked = 0;
   for (int round = 0; round < NTREES; round++) {
     int i = (round * 5 + 1) % NTREES;
     cr_assert_eq(harness_set_workload(h, &w[i], err, sizeof err), 0, "%s", err);
@@ -140,11 +146,13 @@ static void replay(const char *spec_path, int page, int gqa, int kv_heads, int e
     cr_assert_eq(pat_plan_get_info(plan, &info), PAT_OK);
     cr_expect_eq(r.nonfinite, 0, "tree %d: %lld outputs not written or not finite", i, r.nonfinite);
     cr_expect(r.rel_err < TOL_FP16, "tree %d: rel_err %.3e (max abs %.3e)", i, r.rel_err, r.max_abs_err);
-    cr_log_info("replay tree %d (%s): %d queries, %d packs, %d merges, %d slots, rel_err %.2e\n", i,
-                i % 2 ? "direct" : "prefix", w[i].num_queries, info.num_packs, info.num_merges, info.num_slots,
-                r.rel_err);
+    cr_log_info("replay tree %d (%s): %d queries, %d packs (%d masked), %d merges, %d slots, rel_err %.2e\n", i,
+                i % 2 ? "direct" : "prefix", w[i].num_queries, info.num_packs, info.num_masked_packs, info.num_merges,
+                info.num_slots, r.rel_err);
+    masked += info.num_masked_packs;
     last = i;
   }
+  if (trees) cr_expect_gt(masked, 0, "no replayed plan had masked packs");
 
   /* A batch beyond the capacities is refused; the plan keeps the last batch. */
   pat_workload big;
@@ -180,7 +188,7 @@ Test(gpu_graph, replay_random_trees, .timeout = 600)
   skip_without_gpu();
   const char *p = write_spec("graph_d128_p16", 16, "[1, 4, 8]",
                              "[{m: 16, n: 64, warps: 4, stages: 3}, {m: 64, n: 64, warps: 4, stages: 2}]");
-  replay(p, 16, 4, 4, 1, 0);
+  replay(p, 16, 4, 4, 1, 0, NULL);
 }
 
 /* The default spec, the plan's own workspace, and a small launch for the small tile, so
@@ -188,7 +196,19 @@ Test(gpu_graph, replay_random_trees, .timeout = 600)
 Test(gpu_graph, replay_moved_packs_own_workspace, .timeout = 600)
 {
   skip_without_gpu();
-  replay("specs/default.yaml", 32, 8, 4, 0, 3);
+  replay("specs/default.yaml", 32, 8, 4, 0, 3, NULL);
+}
+
+/* Masked packs (a subtree in one pack) in a captured graph: their mask words sit at the
+** capacity plan's fixed address and change with every update. */
+Test(gpu_graph, replay_masked_packs, .timeout = 600)
+{
+  skip_without_gpu();
+  /* prefix plans (even entries) with masked packs, direct plans between them; none as large
+  ** as the 512-query batch the capacities must refuse */
+  static const char *const trees[NTREES] = {"1,256_256,32", "1,4,256_32,256,32", "2,8,16,256_256,256,32,32",
+                                            "1,64_256,40", "1,256_256,32", "1,128_256,20"};
+  replay("specs/default.yaml", 32, 8, 8, 0, 0, trees);
 }
 
 /* Capacity plans refuse what they cannot replay: other head counts, plain plans. */
