@@ -721,10 +721,14 @@ static inline void push_bpack(ctx *c, int32_t q_lo, int32_t nq, int32_t pos0, in
   c->bp[c->nbp++] = (bpack){q_lo, nq, pos0, npages, kv_len, 1, 1, 0, -1};
 }
 
-static inline void push_masked_page(ctx *c, int32_t page, int32_t lo, int32_t hi, int32_t valid)
+/* Writes page k of a masked pack; returns k + 1. (A count in a local, not in ctx: the page
+** stores could alias it, and the compiler would reload it for every page.) */
+static inline int32_t put_masked_page(int32_t *pg, uint32_t *wd, int32_t k, int32_t page, int32_t lo, int32_t hi,
+                                      int32_t valid)
 {
-  c->mpage[c->nmp] = page;
-  c->mword[c->nmp++] = PAT_MASK_WORD(lo, hi, valid);
+  pg[k] = page;
+  wd[k] = PAT_MASK_WORD(lo, hi, valid);
+  return k + 1;
 }
 
 /* One masked pack: queries order[q_lo ..] of members i0 .. i1-1 of nd (qc of them, `pages`
@@ -749,12 +753,14 @@ static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, in
   double mt0;
   member(c, nd, i0, &q_lo, &nq0, &mp0, &mt0);
   const int32_t at = c->nmp, end = nd->pos + nd->npages, ps = c->ps;
+  int32_t *pg = c->mpage + at, k = 0;
+  uint32_t *wd = c->mword + at;
   const int32_t *row = row_of(c, c->order[q_lo]);
-  for (int32_t pos = shared_pos; pos < end; pos++) push_masked_page(c, row[pos], 0, qc, ps);
+  for (int32_t pos = shared_pos; pos < end; pos++) k = put_masked_page(pg, wd, k, row[pos], 0, qc, ps);
   for (int32_t i = i0; i < i1; i++) {
     if (i < nd->nterm) {
-      int32_t q = c->order[nd->q_lo + i];
-      if (c->tl[q] > 0) push_masked_page(c, row_of(c, q)[end], nd->q_lo + i - q_lo, nd->q_lo + i - q_lo + 1, c->tl[q]);
+      int32_t q = c->order[nd->q_lo + i], r = nd->q_lo + i - q_lo;
+      if (c->tl[q] > 0) k = put_masked_page(pg, wd, k, row_of(c, q)[end], r, r + 1, c->tl[q]);
       continue;
     }
     /* the child's subtree, depth first: the stack holds node indices */
@@ -763,17 +769,18 @@ static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, in
     while (sp > 0) {
       const node *u = &c->nodes[c->stack[--sp]];
       const int32_t *ur = row_of(c, c->order[u->q_lo]), ue = u->pos + u->npages;
-      for (int32_t pos = u->pos; pos < ue; pos++) push_masked_page(c, ur[pos], u->q_lo - q_lo, u->q_hi - q_lo, ps);
+      const int32_t lo = u->q_lo - q_lo, hi = u->q_hi - q_lo;
+      for (int32_t pos = u->pos; pos < ue; pos++) k = put_masked_page(pg, wd, k, ur[pos], lo, hi, ps);
       for (int32_t t = 0; t < u->nterm; t++) {
-        int32_t q = c->order[u->q_lo + t], r = u->q_lo + t - q_lo;
-        if (c->tl[q] > 0) push_masked_page(c, row_of(c, q)[ue], r, r + 1, c->tl[q]);
+        int32_t q = c->order[u->q_lo + t];
+        if (c->tl[q] > 0) k = put_masked_page(pg, wd, k, row_of(c, q)[ue], lo + t, lo + t + 1, c->tl[q]);
       }
       for (int32_t k = u->nchild - 1; k >= 0; k--) c->stack[sp++] = u->child_lo + k;
     }
   }
-  const int32_t n = c->nmp - at;
-  const int32_t kv_len = (n - 1) * ps + PAT_MASK_VALID(c->mword[c->nmp - 1]);
-  c->bp[c->nbp++] = (bpack){q_lo, qc, -1, n, kv_len, 1, 1, 0, at};
+  c->nmp = at + k;
+  const int32_t kv_len = (k - 1) * ps + PAT_MASK_VALID(wd[k - 1]);
+  c->bp[c->nbp++] = (bpack){q_lo, qc, -1, k, kv_len, 1, 1, 0, at};
   return 0;
 }
 
