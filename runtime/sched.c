@@ -775,7 +775,7 @@ static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, in
         int32_t q = c->order[u->q_lo + t];
         if (c->tl[q] > 0) k = put_masked_page(pg, wd, k, row_of(c, q)[ue], lo + t, lo + t + 1, c->tl[q]);
       }
-      for (int32_t k = u->nchild - 1; k >= 0; k--) c->stack[sp++] = u->child_lo + k;
+      for (int32_t j = u->nchild - 1; j >= 0; j--) c->stack[sp++] = u->child_lo + j;
     }
   }
   c->nmp = at + k;
