@@ -750,3 +750,24 @@ Test(sched, no_masked_packs_without_mma_sync_tiles)
   pat_host_plan_free(&p);
   pat_workload_free(&w);
 }
+
+/* Long shared prefixes stay in own packs (on the larger tile, with a merge): a 2048-token
+** prefix over 32-token leaves is not absorbed, a 256-token one is. */
+Test(sched, long_prefixes_are_not_absorbed)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  static const struct { const char *tree; int masked; } cases[] = {{"1,256_2048,32", 0}, {"1,256_256,32", 1}};
+  for (int c = 0; c < 2; c++) {
+    pat_workload w;
+    pat_batch b;
+    pat_host_plan p;
+    plan_tree(&spec, cases[c].tree, 5, 8, 132, &w, &b, &p);
+    int masked = 0;
+    for (int i = 0; i < p.num_packs; i++) masked += p.packs[i].masked;
+    cr_assert_eq(masked > 0, cases[c].masked, "%s: %d masked packs", cases[c].tree, masked);
+    check_numerics(&b, &p, 2, 64, 13, cases[c].tree);
+    pat_host_plan_free(&p);
+    pat_workload_free(&w);
+  }
+}
