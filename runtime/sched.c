@@ -118,22 +118,24 @@ static int model_tiles(const pat_spec *s)
   return s->num_model_tiles > 0 && s->num_model_tiles < s->num_tiles ? s->num_model_tiles : s->num_tiles;
 }
 
-/* Smallest tile M holding `rows` query rows, or 0 if none. */
-static int mfit(const pat_spec *s, int rows)
+/* Smallest tile M holding `rows` query rows, or 0 if none; mma_sync: among the mma.sync
+** tiles only (those a masked pack can take). */
+static int mfit(const pat_spec *s, int rows, int mma_sync)
 {
   int best = 0;
   for (int i = 0; i < model_tiles(s); i++)
-    if (s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
+    if (!(mma_sync && s->tiles[i].wgmma) && s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best))
+      best = s->tiles[i].m;
   return best;
 }
 
-/* Smallest mma.sync tile M holding `rows` rows (the tiles a masked pack can take), or 0. */
-static int mfit_masked(const pat_spec *s, int rows)
+/* Largest tile M (of the mma.sync tiles with mma_sync), or 0 if none. */
+static int largest_m(const pat_spec *s, int mma_sync)
 {
-  int best = 0;
+  int m = 0;
   for (int i = 0; i < model_tiles(s); i++)
-    if (!s->tiles[i].wgmma && s->tiles[i].m >= rows && (best == 0 || s->tiles[i].m < best)) best = s->tiles[i].m;
-  return best;
+    if (!(mma_sync && s->tiles[i].wgmma) && s->tiles[i].m > m) m = s->tiles[i].m;
+  return m;
 }
 
 /* Tensor-core work of one (padded) row x token, in KV-token reads: the spec's weight. */
@@ -198,8 +200,7 @@ static int check_batch(const pat_batch *b, const pat_sched_opts *o, char *err, s
     if (!ok) { pat_set_err(err, errlen, "GQA ratio %d is not built by spec '%s'", (int)b->gqa, s->name); return -1; }
   }
   if (s->num_tiles < 1) { pat_set_err(err, errlen, "spec '%s' has no tiles", s->name); return -1; }
-  int mmax = 0;
-  for (int i = 0; i < model_tiles(s); i++) mmax = s->tiles[i].m > mmax ? s->tiles[i].m : mmax;
+  int mmax = largest_m(s, 0);
   if (mmax < b->gqa) {
     pat_set_err(err, errlen, "GQA ratio %d exceeds the largest tile M %d", (int)b->gqa, mmax);
     return -1;
@@ -642,7 +643,7 @@ static chunking absorb_chunks(ctx *c, const node *nd, int32_t shared, int32_t em
       if (mq > c->mcap || mp > room) return (chunking){0, 0, 0};
     }
     if (qc > 0 && (i == nm || qc + mq > c->mchunk || pc + mp > room)) {
-      int m = mfit_masked(c->s, qc * c->gqa);
+      int m = mfit(c->s, qc * c->gqa, 1);
       r.cost_b += cpack(m) + ctok(c, m) * (L + tc);
       r.cost_s += ctok(c, m);
       r.packs++;
@@ -1156,11 +1157,9 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   c.n = b->num_queries;
   c.ps = b->page_size;
   c.gqa = b->gqa;
-  int mmax = 0;
-  for (int i = 0; i < model_tiles(c.s); i++) mmax = c.s->tiles[i].m > mmax ? c.s->tiles[i].m : mmax;
-  c.cap = mmax / c.gqa;
-  c.ctok1 = ctok(&c, mfit(c.s, c.gqa));
-  c.cpack1 = cpack(mfit(c.s, c.gqa));
+  c.cap = largest_m(c.s, 0) / c.gqa;
+  c.ctok1 = ctok(&c, mfit(c.s, c.gqa, 0));
+  c.cpack1 = cpack(mfit(c.s, c.gqa, 0));
   /* merge: a partial O written and read back per q head, against 4 x head_dim bytes of K and
   ** V per token: 2 x 4 x D x gqa / (4 x D) = 2 x gqa tokens for fp32 partials, plus the LSE.
   ** Partials are 2-byte now; 0.5 to 4 x gqa + 1 measured the same (H200, bench/NOTES.md), so
@@ -1170,10 +1169,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   ** ctas_per_sm CTAs an SM were every query in one: more queries a pack re-read fewer shared
   ** pages, fewer leave SMs idle, more start a second wave. The split policy leaves them
   ** alone (split_packs). */
-  int mmask = 0;
-  for (int i = 0; i < model_tiles(c.s); i++)
-    if (!c.s->tiles[i].wgmma && c.s->tiles[i].m > mmask) mmask = c.s->tiles[i].m;
-  c.mcap = mmask / c.gqa < 255 ? mmask / c.gqa : 255;
+  c.mcap = largest_m(c.s, 1) / c.gqa < 255 ? largest_m(c.s, 1) / c.gqa : 255;
   {
     int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
     /* whole waves: one pack more than fits starts a second wave of kv_heads CTAs */
@@ -1190,8 +1186,8 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   int64_t unique = 0;
   if (!c.bp || alloc_scratch(&c)) { pat_set_err(err, errlen, "out of memory"); goto out; }
   int32_t *inh = c.mr + c.cap + 1, *sa = inh + (2 * n + 1);
-  c.mf = mfit(c.s, c.cap * c.gqa);
-  for (int32_t r = 0; r <= c.cap; r++) c.mr[r] = mfit(c.s, r * c.gqa);
+  c.mf = mfit(c.s, c.cap * c.gqa, 0);
+  for (int32_t r = 0; r <= c.cap; r++) c.mr[r] = mfit(c.s, r * c.gqa, 0);
   memset(c.hval, 0xff, c.hcap * sizeof *c.hval);  /* -1: empty */
   {
     const int32_t *sl = b->seq_lens;
