@@ -87,6 +87,8 @@ static void check_masked_pack(const pat_batch *b, const pat_spec *s, const pat_h
   cr_assert(!t->wgmma, "%s: masked pack %d on a wgmma tile", what, i);
   cr_assert(p->page_masks, "%s: masked pack %d without mask words", what, i);
   cr_assert(np <= PAT_MASKED_PAGES, "%s: masked pack %d has %d pages", what, i, np);
+  /* every query of the pack sees a token of it: no row ends with an empty softmax */
+  unsigned char *sees = calloc((size_t)pk->num_queries, 1);
   for (int k = 0; k < np; k++) {
     const uint32_t w = p->page_masks[pk->page_begin + k];
     int lo = PAT_MASK_LO(w), hi = PAT_MASK_HI(w), valid = PAT_MASK_VALID(w);
@@ -99,8 +101,12 @@ static void check_masked_pack(const pat_batch *b, const pat_spec *s, const pat_h
       cr_assert(pos >= 0, "%s: masked pack %d: query %d does not hold page %d", what, i, q, k);
       cr_assert(pos * ps + valid <= b->seq_lens[q], "%s: masked pack %d page %d past query %d's end", what, i, k, q);
       for (int x = 0; x < valid; x++) cov[qoff[q] + pos * ps + x]++;
+      sees[j] = 1;
     }
   }
+  for (int j = 0; j < pk->num_queries; j++)
+    cr_assert(sees[j], "%s: masked pack %d: its query %d sees none of its tokens", what, i, j);
+  free(sees);
 }
 
 /* Every structural invariant of a plan. Returns the number of packs that hold more than one
