@@ -13,8 +13,13 @@ For each tree x head configuration (fp16, head_dim 128, page 32) and each method
                     the tree once, level-major) with a block mask from the tree: query i sees
                     token j iff j is on i's root-to-leaf path; Q = all requests as one sequence
                     of B tokens (padded to a multiple of 128; padded rows see nothing)
-  flashinfer        only when the package is importable (its wheels carried); otherwise skipped
-                    and said so in the output
+  flashinfer_decode FlashInfer's BatchDecodeWithPagedKVCacheWrapper over the unique buffer as a
+                    paged cache (pages stored once, each request's table lists its path's
+                    pages); tensor cores for GQA groups >= 4
+  flashinfer_cascade FlashInfer's MultiLevelCascadeAttentionWrapper, one level per tree level
+                    (shared pages read once per level, states merged)
+                    Both only when flashinfer is importable (its wheels carried to the GPU
+                    machine); otherwise skipped and said so in the output
 
 Timed: only the attention call(s). The gather into contiguous KV, the block-mask build and the
 compilation are not timed. Each timed run is preceded by a 256 MiB write (L2 flush); CUDA events
@@ -52,7 +57,9 @@ PAPER_TREES = [
     "2,8,16,256_256,256,32,32", "4,16,256,512_512,32,128,32", "8,16,32,256_512,512,256,32",
     "256_1024", "256_4096"]
 HEADS = [(32, 32), (16, 8), (32, 8), (64, 8)]
-METHODS = ["sdpa_flash", "sdpa_flash_packed", "flex_decode", "flex_tree", "flashinfer"]
+METHODS = ["sdpa_flash", "sdpa_flash_packed", "flex_decode", "flex_tree", "flashinfer_decode",
+           "flashinfer_cascade"]
+FLASHINFER = ("flashinfer_decode", "flashinfer_cascade")
 HEAD_DIM = 128
 PAGE = 32
 TOL = 5e-3
@@ -395,9 +402,91 @@ def m_flex_tree(case):
                      "timed": "attention call only (block mask build, compile untimed)"}
 
 
-def m_flashinfer(case):
-    import flashinfer  # noqa: F401  (only when its wheels are carried)
-    raise NotImplementedError("flashinfer is importable but not wired up in this script")
+def paged_kv(case):
+    """The unique-token buffer as FlashInfer's paged cache ("NHD": (pages, PAGE, Hkv, D) for K
+    and for V), stored once: page p holds unique tokens p*PAGE .. p*PAGE+PAGE-1. Every node's
+    length is a multiple of PAGE, so a node's tokens are whole pages in a row."""
+    U = case.tree.unique_tokens
+    k = case.ku.permute(1, 0, 2).reshape(U // PAGE, PAGE, case.kvh, HEAD_DIM).contiguous()
+    v = case.vu.permute(1, 0, 2).reshape(U // PAGE, PAGE, case.kvh, HEAD_DIM).contiguous()
+    return k, v
+
+
+_fi_workspace = None
+
+
+def fi_workspace():
+    global _fi_workspace
+    if _fi_workspace is None:  # FlashInfer's recommended 128 MiB float workspace
+        _fi_workspace = torch.empty(128 << 20, dtype=torch.uint8, device="cuda")
+    return _fi_workspace
+
+
+def m_flashinfer_decode(case):
+    """BatchDecodeWithPagedKVCacheWrapper: one page table per request (its path's pages;
+    shared pages appear in many tables, stored once, read once per request). Tensor cores for
+    GQA groups of 4 and more, as FlashInfer advises."""
+    import flashinfer
+    tree, dev = case.tree, "cuda"
+    B, L = tree.num_requests, tree.seq_len
+    k, v = paged_kv(case)
+    pages = (case.idx[:, ::PAGE] // PAGE).to(torch.int32)  # (B, L / PAGE)
+    indptr = (torch.arange(B + 1, device=dev, dtype=torch.int32) * (L // PAGE))
+    last = torch.full((B,), PAGE, dtype=torch.int32, device=dev)
+    tc = case.g >= 4
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(fi_workspace(), "NHD", use_tensor_cores=tc)
+    t0 = time.perf_counter()
+    w.plan(indptr, pages.reshape(-1).contiguous(), last, case.qh, case.kvh, HEAD_DIM, PAGE,
+           pos_encoding_mode="NONE", sm_scale=case.scale, q_data_type=torch.float16,
+           kv_data_type=torch.float16)
+    torch.cuda.synchronize()
+    plan_s = time.perf_counter() - t0
+    res = [None]
+
+    def fn():
+        res[0] = w.run(case.q, (k, v))
+
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return fn, lambda: res[0], {"use_tensor_cores": tc, "plan_s": round(plan_s, 4),
+                                "compile_s": round(time.perf_counter() - t0, 2),
+                                "timed": "run only (plan, JIT compile untimed)"}
+
+
+def m_flashinfer_cascade(case):
+    """MultiLevelCascadeAttentionWrapper, one level per tree level: at level l the queries
+    under node n (a contiguous range, requests are in leaf order) attend to node n's pages,
+    each read once per level; the levels' partial states are merged by merge_state_in_place."""
+    import flashinfer
+    tree, dev = case.tree, "cuda"
+    B = tree.num_requests
+    qo, kvp, kvi, last = [], [], [], []
+    for l in range(tree.levels):
+        n, npg = tree.cnt[l], tree.len[l] // PAGE
+        qo.append(torch.arange(n + 1, device=dev, dtype=torch.int32) * (B // n))
+        kvp.append(torch.arange(n + 1, device=dev, dtype=torch.int32) * npg)
+        kvi.append(torch.arange(n * npg, device=dev, dtype=torch.int32) + tree.off[l] // PAGE)
+        last.append(torch.full((n,), PAGE, dtype=torch.int32, device=dev))
+    k, v = paged_kv(case)
+    w = flashinfer.MultiLevelCascadeAttentionWrapper(tree.levels, fi_workspace(), "NHD")
+    t0 = time.perf_counter()
+    w.plan(qo, kvp, kvi, last, case.qh, case.kvh, HEAD_DIM, PAGE, causal=False,
+           pos_encoding_mode="NONE", sm_scale=case.scale, q_data_type=torch.float16,
+           kv_data_type=torch.float16)
+    torch.cuda.synchronize()
+    plan_s = time.perf_counter() - t0
+    res = [None]
+
+    def fn():
+        res[0] = w.run(case.q, (k, v))
+
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return fn, lambda: res[0], {"levels": tree.levels, "plan_s": round(plan_s, 4),
+                                "compile_s": round(time.perf_counter() - t0, 2),
+                                "timed": "run only (plan, JIT compile untimed)"}
 
 
 BUILDERS = {
@@ -405,7 +494,8 @@ BUILDERS = {
     "sdpa_flash_packed": lambda c: m_sdpa_flash(c, packed=True),
     "flex_decode": m_flex_decode,
     "flex_tree": m_flex_tree,
-    "flashinfer": m_flashinfer,
+    "flashinfer_decode": m_flashinfer_decode,
+    "flashinfer_cascade": m_flashinfer_cascade,
 }
 
 
@@ -437,13 +527,14 @@ def main():
         if m not in BUILDERS:
             ap.error(f"unknown method {m}")
     flashinfer_note = None
-    if "flashinfer" in methods:
+    if any(m in FLASHINFER for m in methods):
         try:
-            import flashinfer  # noqa: F401
+            import flashinfer
+            log(f"flashinfer {flashinfer.__version__}")
         except Exception as e:  # not on the GPU machine unless its wheels are carried
             flashinfer_note = (f"flashinfer: skipped, not importable here ({short_err(e)}); "
                                "its wheels were not carried")
-            methods.remove("flashinfer")
+            methods = [m for m in methods if m not in FLASHINFER]
             log(flashinfer_note)
 
     t_start = time.time()

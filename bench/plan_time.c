@@ -40,7 +40,7 @@ static void make_spec(pat_spec *s)
     s->tiles[i].stages = 2;
   }
   s->num_tiles = 4;
-  s->split = (pat_split_policy){256, 16, 2};
+  s->split = (pat_split_policy){256, 16, 2, 128, 1};
 }
 
 static void run(const char *label, const pat_workload *w, const pat_spec *spec, int gqa, int kvh)

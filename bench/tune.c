@@ -1,5 +1,5 @@
 /* tune.c: bin/pattune, the tuning script. Sweeps the split policy, the planner's tensor-core
-** weight (split.mma_rows_per_token) and, per GQA ratio, row class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
+** weight (split.mma_rows_per_token), masked packs on or off and, per GQA ratio, row class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
 ** of workloads on the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
 ** then applies on the same GPU (gen/tuning.h; docs in specs/README.md).
 **
@@ -245,6 +245,15 @@ int main(int argc, char **argv)
     live->split.mma_rows_per_token = mma_rows[a];
     double sc = score_all(&t);
     fprintf(stderr, "pattune: mma weight 1/%d: %.1f us\n", mma_rows[a], sc);
+    if (sc < best * 0.99) { best = sc; best_split = live->split; }
+  }
+  live->split = best_split;
+
+  /* 1c. Masked packs (whole subtrees in one pack) on or off. */
+  live->split.masked_packs = !best_split.masked_packs;
+  {
+    double sc = score_all(&t);
+    fprintf(stderr, "pattune: masked packs %s: %.1f us\n", live->split.masked_packs ? "on" : "off", sc);
     if (sc < best * 0.99) { best = sc; best_split = live->split; }
   }
   live->split = best_split;

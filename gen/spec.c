@@ -40,7 +40,7 @@ static const char *const top_keys[] = {"name", "dtype", "head_dim", "page_size",
                                        "gqa", "tiles", "split", "archs"};
 static const char *const tile_keys[] = {"m", "n", "warps", "stages", "warp_rows", "wgmma"};
 static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas_per_sm",
-                                         "mma_rows_per_token"};
+                                         "mma_rows_per_token", "masked_packs"};
 static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
 static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages",
                                           "warp_rows", "wgmma"};
@@ -89,6 +89,7 @@ void pat_spec_defaults(pat_spec *spec)
   spec->split.max_splits = 64;
   spec->split.ctas_per_sm = 2;
   spec->split.mma_rows_per_token = 128;
+  spec->split.masked_packs = 1;
   spec->num_archs = 2;
   spec->archs[0] = 80;
   spec->archs[1] = 90;
@@ -443,9 +444,9 @@ static int parse_split(const parse_ctx *c, const yaml_node_t *n, pat_spec *s)
 {
   if (n->type != YAML_MAPPING_NODE)
     return fail_type(c, n, "split", "a mapping");
-  static const int lo[] = {16, 1, 1, 8}, hi[] = {1048576, 1024, 64, 4096};
-  int *fields[4] = {&s->split.min_kv_per_split, &s->split.max_splits, &s->split.ctas_per_sm,
-                    &s->split.mma_rows_per_token};
+  static const int lo[] = {16, 1, 1, 8, 0}, hi[] = {1048576, 1024, 64, 4096, 1};
+  int *fields[5] = {&s->split.min_kv_per_split, &s->split.max_splits, &s->split.ctas_per_sm,
+                    &s->split.mma_rows_per_token, &s->split.masked_packs};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, "split: ", split_keys, NKEYS(split_keys), &which))

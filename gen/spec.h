@@ -38,6 +38,7 @@ typedef struct pat_split_policy {
   int ctas_per_sm;       /* split further until the grid has this many CTAs per SM */
   int mma_rows_per_token; /* planner cost: query rows of tensor-core work that cost as much as
                           ** reading one KV token (docs/scheduler.md) */
+  int masked_packs;      /* 1: the planner may hold a whole subtree in one masked pack; 0: never */
 } pat_split_policy;
 
 typedef struct pat_spec {

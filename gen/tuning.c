@@ -76,9 +76,11 @@ int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)
   }
   fprintf(f, "spec: %s\ngpu: \"%s\"\n", t->spec, t->gpu);
   if (t->has_split)
-    fprintf(f, "split: {min_kv_per_split: %d, max_splits: %d, ctas_per_sm: %d, mma_rows_per_token: %d}\n",
+    fprintf(f,
+            "split: {min_kv_per_split: %d, max_splits: %d, ctas_per_sm: %d, mma_rows_per_token: %d, "
+            "masked_packs: %d}\n",
             t->split.min_kv_per_split, t->split.max_splits, t->split.ctas_per_sm,
-            t->split.mma_rows_per_token);
+            t->split.mma_rows_per_token, t->split.masked_packs);
   fprintf(f, "choices:%s\n", t->num_choices ? "" : " []");
   for (int i = 0; i < t->num_choices; i++) {
     const pat_tuning_choice *c = &t->choices[i];

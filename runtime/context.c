@@ -105,9 +105,10 @@ static pat_status apply_tuning(pat_context *ctx, const char *spec_path)
   if (pat_tuning_apply(&t, &ctx->spec, ctx->err, sizeof ctx->err)) return PAT_ERR_SPEC;
   snprintf(ctx->tuning, nl,
            "%s (tuned on %s): %d tile choices, split %d tokens / %d per query / %d CTAs per SM, "
-           "mma weight 1/%d",
+           "mma weight 1/%d, masked packs %s",
            path, t.gpu, t.num_choices, ctx->spec.split.min_kv_per_split, ctx->spec.split.max_splits,
-           ctx->spec.split.ctas_per_sm, ctx->spec.split.mma_rows_per_token);
+           ctx->spec.split.ctas_per_sm, ctx->spec.split.mma_rows_per_token,
+           ctx->spec.split.masked_packs ? "on" : "off");
   return PAT_OK;
 }
 

@@ -75,7 +75,8 @@ typedef struct ctx {
   int32_t mf;         /* smallest M holding a full chunk (cap queries) */
   int32_t *mr;        /* [cap + 1]: smallest M holding r queries */
   double ctok1, cpack1, cmerge;
-  int32_t mcap;       /* most queries a masked pack holds (0: no mma.sync tile: no absorbing) */
+  int32_t mcap;       /* most queries a masked pack holds (0: no absorbing: no mma.sync tile, or
+                      ** the spec's split.masked_packs is 0) */
   int32_t mchunk;     /* queries a masked pack aims at: enough packs to fill the GPU */
   int32_t grid_packs; /* packs that fill the GPU: ctas_per_sm x SMs / kv_heads */
   int32_t *mpage;     /* masked packs' page ids, growing (mpcap entries) */
@@ -1170,6 +1171,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   ** pages, fewer leave SMs idle, more start a second wave. The split policy leaves them
   ** alone (split_packs). */
   c.mcap = largest_m(c.s, 1) / c.gqa < 255 ? largest_m(c.s, 1) / c.gqa : 255;
+  if (!c.s->split.masked_packs) c.mcap = 0; /* the spec turned them off */
   {
     int64_t ctas = (int64_t)(c.s->split.ctas_per_sm > 0 ? c.s->split.ctas_per_sm : 1) * (o->num_sms > 0 ? o->num_sms : 1);
     /* whole waves: one pack more than fits starts a second wave of kv_heads CTAs */

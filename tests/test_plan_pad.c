@@ -35,7 +35,8 @@ static void make_spec(pat_spec *s, int page_size)
   s->gqa[1] = 4;
   static const int ms[] = {16, 32, 64}, ns[] = {32, 64, 64};
   for (int i = 0; i < 3; i++) s->tiles[s->num_tiles++] = (pat_tile){.m = ms[i], .n = ns[i], .warps = ms[i] / 16, .stages = 2};
-  s->split = (pat_split_policy){.min_kv_per_split = 32, .max_splits = 8, .ctas_per_sm = 2, .mma_rows_per_token = 128};
+  s->split = (pat_split_policy){.min_kv_per_split = 32, .max_splits = 8, .ctas_per_sm = 2, .mma_rows_per_token = 128,
+                                .masked_packs = 1};
   s->num_archs = 1;
   s->archs[0] = 90;
 }

@@ -50,10 +50,10 @@ static void make_spec(pat_spec *s, int tileset, int policy, int page_size)
   default: add_tile(s, 128, 64, 8); add_tile(s, 16, 16, 1); add_tile(s, 48, 32, 3); break;
   }
   switch (policy) {
-  case 0: s->split = (pat_split_policy){64, 8, 2, 128}; break;
-  case 1: s->split = (pat_split_policy){16, 2, 1, 128}; break;
-  case 2: s->split = (pat_split_policy){256, 16, 4, 128}; break;
-  default: s->split = (pat_split_policy){32, 1, 2, 128}; break;
+  case 0: s->split = (pat_split_policy){64, 8, 2, 128, 1}; break;
+  case 1: s->split = (pat_split_policy){16, 2, 1, 128, 1}; break;
+  case 2: s->split = (pat_split_policy){256, 16, 4, 128, 1}; break;
+  default: s->split = (pat_split_policy){32, 1, 2, 128, 1}; break;
   }
   s->num_archs = 1;
   s->archs[0] = 80;
@@ -753,6 +753,25 @@ Test(sched, no_masked_packs_without_mma_sync_tiles)
   plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
   for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
   cr_assert_null(p.page_masks);
+  pat_host_plan_free(&p);
+  pat_workload_free(&w);
+}
+
+/* split.masked_packs: 0 turns them off: the same tree plans own packs and merges, and its
+** numerics still hold. */
+Test(sched, masked_packs_off_by_spec)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  spec.split.masked_packs = 0;
+  pat_workload w;
+  pat_batch b;
+  pat_host_plan p;
+  plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
+  for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
+  cr_assert_null(p.page_masks);
+  cr_assert_gt(p.num_merges, 0);
+  check_numerics(&b, &p, 2, 64, 11, "1,64_256,40 masked packs off");
   pat_host_plan_free(&p);
   pat_workload_free(&w);
 }

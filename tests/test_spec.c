@@ -85,6 +85,7 @@ Test(spec, defaults)
   cr_expect_eq(s.split.max_splits, 64);
   cr_expect_eq(s.split.ctas_per_sm, 2);
   cr_expect_eq(s.split.mma_rows_per_token, 128);
+  cr_expect_eq(s.split.masked_packs, 1);
   cr_assert_eq(s.num_archs, 2);
   cr_expect(s.archs[0] == 80 && s.archs[1] == 90);
   cr_expect_eq(s.name_mark.line, 0);
@@ -114,6 +115,7 @@ Test(spec, every_field_read)
       "  max_splits: 1024\n"
       "  ctas_per_sm: 64\n"
       "  mma_rows_per_token: 4096\n"
+      "  masked_packs: 0\n"
       "archs: [sm_90, sm_89, sm_86, sm_80]\n";
   pat_spec s;
   char err[512];
@@ -154,6 +156,7 @@ Test(spec, every_field_read)
   cr_expect_eq(s.split.max_splits, 1024);
   cr_expect_eq(s.split.ctas_per_sm, 64);
   cr_expect_eq(s.split.mma_rows_per_token, 4096);
+  cr_expect_eq(s.split.masked_packs, 0);
   cr_assert_eq(s.num_archs, 4);
   cr_expect(s.archs[0] == 90 && s.archs[1] == 89 && s.archs[2] == 86 && s.archs[3] == 80);
 
@@ -167,7 +170,7 @@ Test(spec, every_field_read)
   cr_expect(s.tiles[0].mark.line == 7 && s.tiles[0].mark.column == 5);
   cr_expect(s.tiles[1].mark.line == 8 && s.tiles[1].mark.column == 5);
   cr_expect(s.split_mark.line == 14 && s.split_mark.column == 3);
-  cr_expect(s.archs_mark.line == 18 && s.archs_mark.column == 8);
+  cr_expect(s.archs_mark.line == 19 && s.archs_mark.column == 8);
 }
 
 Test(spec, absent_keys_take_defaults)
@@ -227,6 +230,8 @@ Test(spec, scalar_forms)
   cr_expect_str_eq(err, "t.yaml:2:22: error: split: ctas_per_sm: must be 1..64, got 0");
   cr_assert_eq(parse_str("name: z\nsplit: {mma_rows_per_token: 4}\n", &s, err, sizeof err), -1);
   cr_expect_str_eq(err, "t.yaml:2:29: error: split: mma_rows_per_token: must be 8..4096, got 4");
+  cr_assert_eq(parse_str("name: z\nsplit: {masked_packs: 2}\n", &s, err, sizeof err), -1);
+  cr_expect_str_eq(err, "t.yaml:2:23: error: split: masked_packs: must be 0..1, got 2");
 }
 
 Test(spec, no_filename_and_no_text)
