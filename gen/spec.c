@@ -82,7 +82,7 @@ void pat_spec_defaults(pat_spec *spec)
   spec->tiles[0] = (pat_tile){.m = 16, .n = 32, .warps = 2, .stages = 2};
   spec->tiles[1] = (pat_tile){.m = 16, .n = 64, .warps = 4, .stages = 3};
   spec->tiles[2] = (pat_tile){.m = 32, .n = 64, .warps = 4, .stages = 3};
-  spec->tiles[3] = (pat_tile){.m = 64, .n = 64, .warps = 8, .stages = 3};
+  spec->tiles[3] = (pat_tile){.m = 64, .n = 32, .warps = 4, .stages = 2};
   spec->tiles[4] = (pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 3, .wgmma = 1};
   spec->tiles[5] = (pat_tile){.m = 128, .n = 64, .warps = 8, .stages = 2};
   spec->split.min_kv_per_split = 256;

@@ -18,7 +18,7 @@ static const char good[] =
     "split: {min_kv_per_split: 128, max_splits: 32, ctas_per_sm: 4, mma_rows_per_token: 64}\n"
     "choices:\n"
     "  - {gqa: 4, rows: 16, tokens: 256, m: 16, n: 128, warps: 4, stages: 2}\n"
-    "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 64, warps: 8, stages: 3}\n"
+    "  - {gqa: 8, rows: 64, tokens: 65536, m: 64, n: 32, warps: 4, stages: 2}\n"
     "  - {gqa: 8, rows: 128, tokens: 1024, m: 128, n: 32, warps: 4, stages: 3, warp_rows: 32}\n";
 
 static pat_tuning parse_ok(const char *text)
@@ -47,7 +47,7 @@ Test(tuning, parses_every_field)
   cr_assert_eq(t.choices[1].tokens, 65536);
   cr_assert_eq(t.choices[0].tile.n, 128);
   cr_assert_eq(t.choices[1].tile.m, 64);
-  cr_assert_eq(t.choices[1].tile.stages, 3);
+  cr_assert_eq(t.choices[1].tile.stages, 2);
   cr_assert_eq(t.choices[1].tile.mark.line, 7);
   cr_assert_eq(t.choices[1].tile.warp_rows, 16);  /* the default */
   cr_assert_eq(t.choices[2].tile.warp_rows, 32);
@@ -98,7 +98,7 @@ Test(tuning, apply_sets_split_choices_and_appends_tiles)
   cr_assert_eq(s.split.mma_rows_per_token, 64);
   cr_assert_eq(s.num_model_tiles, before.num_tiles, "the cost model keeps to the spec's tiles");
   cr_assert_eq(s.num_tiles, before.num_tiles + 2,
-               "m16n128w4s2 and m128n32w4s3r32 are new, m64n64w8s3 is the spec's");
+               "m16n128w4s2 and m128n32w4s3r32 are new, m64n32w4s2 is the spec's");
   cr_assert_eq(s.tiles[before.num_tiles].n, 128);
   cr_assert_eq(s.tiles[before.num_tiles + 1].warp_rows, 32);
   cr_assert_eq(s.tile_choice[3][3][2], before.num_tiles + 2, "gqa 8, rows <= 128, tokens <= 1024: the r32 tile");
@@ -190,7 +190,7 @@ Test(tuning, write_then_read_gives_the_same_table)
     cr_assert_eq(back.choices[i].tile.warp_rows, t.choices[i].tile.warp_rows);
   }
   cr_assert(strstr(buf, "stages: 3, warp_rows: 32}\n"), "%s", buf);
-  cr_assert(strstr(buf, "warps: 8, stages: 3}\n"), "16 rows a warp is not written: %s", buf);
+  cr_assert(strstr(buf, "warps: 4, stages: 2}\n"), "16 rows a warp is not written: %s", buf);
   free(buf);
 }
 
