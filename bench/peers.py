@@ -422,25 +422,15 @@ def fi_workspace():
     return _fi_workspace
 
 
-def m_flashinfer_decode(case):
-    """BatchDecodeWithPagedKVCacheWrapper: one page table per request (its path's pages;
-    shared pages appear in many tables, stored once, read once per request). Tensor cores for
-    GQA groups of 4 and more, as FlashInfer advises."""
-    import flashinfer
-    tree, dev = case.tree, "cuda"
-    B, L = tree.num_requests, tree.seq_len
-    k, v = paged_kv(case)
-    pages = (case.idx[:, ::PAGE] // PAGE).to(torch.int32)  # (B, L / PAGE)
-    indptr = (torch.arange(B + 1, device=dev, dtype=torch.int32) * (L // PAGE))
-    last = torch.full((B,), PAGE, dtype=torch.int32, device=dev)
-    tc = case.g >= 4
-    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(fi_workspace(), "NHD", use_tensor_cores=tc)
+def fi_planned_run(case, w, tables, info):
+    """Plans FlashInfer wrapper w over the page tables (untimed, as its own plan time), runs it
+    once (JIT compiles on first use), and returns (fn, get_output, info) for the timer."""
     t0 = time.perf_counter()
-    w.plan(indptr, pages.reshape(-1).contiguous(), last, case.qh, case.kvh, HEAD_DIM, PAGE,
-           pos_encoding_mode="NONE", sm_scale=case.scale, q_data_type=torch.float16,
-           kv_data_type=torch.float16)
+    w.plan(*tables, case.qh, case.kvh, HEAD_DIM, PAGE, pos_encoding_mode="NONE",
+           sm_scale=case.scale, q_data_type=torch.float16, kv_data_type=torch.float16)
     torch.cuda.synchronize()
     plan_s = time.perf_counter() - t0
+    k, v = paged_kv(case)
     res = [None]
 
     def fn():
@@ -449,9 +439,25 @@ def m_flashinfer_decode(case):
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
-    return fn, lambda: res[0], {"use_tensor_cores": tc, "plan_s": round(plan_s, 4),
-                                "compile_s": round(time.perf_counter() - t0, 2),
-                                "timed": "run only (plan, JIT compile untimed)"}
+    return fn, lambda: res[0], dict(info, plan_s=round(plan_s, 4),
+                                    compile_s=round(time.perf_counter() - t0, 2),
+                                    timed="run only (plan, JIT compile untimed)")
+
+
+def m_flashinfer_decode(case):
+    """BatchDecodeWithPagedKVCacheWrapper: one page table per request (its path's pages;
+    shared pages appear in many tables, stored once, read once per request). Tensor cores for
+    GQA groups of 4 and more, as FlashInfer advises."""
+    import flashinfer
+    tree, dev = case.tree, "cuda"
+    B, L = tree.num_requests, tree.seq_len
+    pages = (case.idx[:, ::PAGE] // PAGE).to(torch.int32)  # (B, L / PAGE)
+    indptr = (torch.arange(B + 1, device=dev, dtype=torch.int32) * (L // PAGE))
+    last = torch.full((B,), PAGE, dtype=torch.int32, device=dev)
+    tc = case.g >= 4
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(fi_workspace(), "NHD", use_tensor_cores=tc)
+    return fi_planned_run(case, w, (indptr, pages.reshape(-1).contiguous(), last),
+                          {"use_tensor_cores": tc})
 
 
 def m_flashinfer_cascade(case):
@@ -468,25 +474,8 @@ def m_flashinfer_cascade(case):
         kvp.append(torch.arange(n + 1, device=dev, dtype=torch.int32) * npg)
         kvi.append(torch.arange(n * npg, device=dev, dtype=torch.int32) + tree.off[l] // PAGE)
         last.append(torch.full((n,), PAGE, dtype=torch.int32, device=dev))
-    k, v = paged_kv(case)
     w = flashinfer.MultiLevelCascadeAttentionWrapper(tree.levels, fi_workspace(), "NHD")
-    t0 = time.perf_counter()
-    w.plan(qo, kvp, kvi, last, case.qh, case.kvh, HEAD_DIM, PAGE, causal=False,
-           pos_encoding_mode="NONE", sm_scale=case.scale, q_data_type=torch.float16,
-           kv_data_type=torch.float16)
-    torch.cuda.synchronize()
-    plan_s = time.perf_counter() - t0
-    res = [None]
-
-    def fn():
-        res[0] = w.run(case.q, (k, v))
-
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return fn, lambda: res[0], {"levels": tree.levels, "plan_s": round(plan_s, 4),
-                                "compile_s": round(time.perf_counter() - t0, 2),
-                                "timed": "run only (plan, JIT compile untimed)"}
+    return fi_planned_run(case, w, (qo, kvp, kvi, last), {"levels": tree.levels})
 
 
 BUILDERS = {

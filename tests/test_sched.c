@@ -740,40 +740,30 @@ Test(sched, masked_packs_hold_subtrees)
   pat_workload_free(&w);
 }
 
-/* Without an mma.sync tile (the wgmma tile alone) there are no masked packs. */
-Test(sched, no_masked_packs_without_mma_sync_tiles)
+/* No masked packs without an mma.sync tile (the wgmma tile alone), nor where the spec's
+** split.masked_packs is 0: the same tree then plans own packs and merges, numerics intact. */
+Test(sched, no_masked_packs_without_mma_sync_tiles_or_when_off)
 {
-  pat_spec spec;
-  make_masked_spec(&spec);
-  spec.tiles[0] = spec.tiles[3];
-  spec.num_tiles = 1;
-  pat_workload w;
-  pat_batch b;
-  pat_host_plan p;
-  plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
-  for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
-  cr_assert_null(p.page_masks);
-  pat_host_plan_free(&p);
-  pat_workload_free(&w);
-}
-
-/* split.masked_packs: 0 turns them off: the same tree plans own packs and merges, and its
-** numerics still hold. */
-Test(sched, masked_packs_off_by_spec)
-{
-  pat_spec spec;
-  make_masked_spec(&spec);
-  spec.split.masked_packs = 0;
-  pat_workload w;
-  pat_batch b;
-  pat_host_plan p;
-  plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
-  for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "pack %d masked", i);
-  cr_assert_null(p.page_masks);
-  cr_assert_gt(p.num_merges, 0);
-  check_numerics(&b, &p, 2, 64, 11, "1,64_256,40 masked packs off");
-  pat_host_plan_free(&p);
-  pat_workload_free(&w);
+  for (int off = 0; off < 2; off++) {
+    pat_spec spec;
+    make_masked_spec(&spec);
+    if (off) {
+      spec.split.masked_packs = 0;
+    } else {
+      spec.tiles[0] = spec.tiles[3];
+      spec.num_tiles = 1;
+    }
+    pat_workload w;
+    pat_batch b;
+    pat_host_plan p;
+    plan_tree(&spec, "1,64_256,40", 7, 8, 16, &w, &b, &p);
+    for (int i = 0; i < p.num_packs; i++) cr_assert(!p.packs[i].masked, "case %d: pack %d masked", off, i);
+    cr_assert_null(p.page_masks);
+    cr_assert_gt(p.num_merges, 0, "case %d", off);
+    check_numerics(&b, &p, 2, 64, 11, off ? "1,64_256,40 masked packs off" : "1,64_256,40 wgmma tile only");
+    pat_host_plan_free(&p);
+    pat_workload_free(&w);
+  }
 }
 
 /* Long shared prefixes stay in own packs (on the larger tile, with a merge): a 2048-token
