@@ -5,7 +5,8 @@
 #   tests     the GPU test suites and the default job (tests/gpu_run.sh)
 #   python    the Python binding's tests (GPU ones included) and the decode demo
 #   patbench  all paper trees x 4 head configs, default spec
-#   peers     the PyTorch peers on the same workloads (bench/peers.py)
+#   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
+#             wheels are carried in .whl/ (bench/PEERS.md says how)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -70,6 +71,11 @@ patbench)
   timeout 270 build/gpu/patbench --spec specs/default.yaml --out "$out/patbench-default-$tag.jsonl" 2>&1 | tee "$out/patbench-default-$tag.txt"
   ;;
 peers)
+  if ls .whl/*.whl >/dev/null 2>&1; then  # carried FlashInfer wheels: installed beside the image's
+    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} FLASHINFER_CUDA_ARCH_LIST=9.0a \
+        FLASHINFER_WORKSPACE_BASE=/tmp/fiws
+  fi
   timeout 200 $py bench/peers.py --deadline-s 170 --iters 50 --out "$out/peers-$tag.jsonl" 2>&1 | tail -40 | tee "$out/peers-$tag.txt"
   ;;
 probe)
