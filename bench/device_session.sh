@@ -7,6 +7,8 @@
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
+#   readings  the numbers README.md quotes, for one GPU: quick suites, patbench (100 runs a
+#             case), FlashInfer (carried wheels), the chart with this GPU model's peers
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -40,6 +42,13 @@ quick_tests() {
     timeout 150 build/gpu/tests --filter "$f" -j8 2>&1 | grep -E '^\[(FAIL|SKIP|====)\]|Assert|WRONG' | grep -v Running
   done
 }
+# Carried FlashInfer wheels (.whl/, bench/PEERS.md), installed beside the image's packages.
+flashinfer_wheels() {
+  ls .whl/*.whl >/dev/null 2>&1 || return 0
+  $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} FLASHINFER_CUDA_ARCH_LIST=9.0a \
+      FLASHINFER_WORKSPACE_BASE=/tmp/fiws
+}
 # Ten sharing trees, small and large, for A/B readings (x 4 head configs: 40 cases).
 SUBSET_TREES="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
 SUBSET_TREES="$SUBSET_TREES;1,16,32,64,128,1024_256,128,64,32,32,32;8,16,32,256_512,512,256,32;1,1024_2048,32"
@@ -71,11 +80,7 @@ patbench)
   timeout 270 build/gpu/patbench --spec specs/default.yaml --out "$out/patbench-default-$tag.jsonl" 2>&1 | tee "$out/patbench-default-$tag.txt"
   ;;
 peers)
-  if ls .whl/*.whl >/dev/null 2>&1; then  # carried FlashInfer wheels: installed beside the image's
-    $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
-      export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} FLASHINFER_CUDA_ARCH_LIST=9.0a \
-        FLASHINFER_WORKSPACE_BASE=/tmp/fiws
-  fi
+  flashinfer_wheels
   timeout 200 $py bench/peers.py --deadline-s 170 --iters 50 --out "$out/peers-$tag.jsonl" 2>&1 | tail -40 | tee "$out/peers-$tag.txt"
   ;;
 probe)
@@ -89,6 +94,19 @@ probe)
         build/gpu/patgen run --tree $t --heads $h --iters 1 > "$out/probe-$tag-$i.csv" 2>&1
     done
   done
+  ;;
+readings)
+  # The published numbers of one GPU in one call (about 7 minutes): the quick GPU suites,
+  # all trees x heads at 100 runs a case, FlashInfer when its wheels are carried, and the
+  # chart with the peers already measured on this GPU model (bench/results/peers-MODEL-*).
+  quick_tests 2>&1 | tee "$out/readings-tests-$tag.log"
+  timeout 300 build/gpu/patbench --iters 100 --check 4 --out "$out/patbench-$tag.jsonl" \
+    > "$out/patbench-$tag.txt" 2>&1; tail -14 "$out/patbench-$tag.txt"
+  flashinfer_wheels
+  timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
+    --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -24
+  $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-${tag%%-*}-*.jsonl \
+    $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
   ;;
 final)
   # The quick GPU suites (all but the long paper-tree sweep), old vs new kernels on small
@@ -189,5 +207,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|probe|detail|ab|wgmma|variants|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune"; exit 2 ;;
 esac
