@@ -68,7 +68,7 @@ def main():
     gpu = rows[0].get("gpu", "")
     ax.set_title(f"decode attention on {gpu}; black line: the floor (higher means the fastest is far from it)")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, not on them
     fig.tight_layout()
     fig.savefig(a.out, dpi=130)
     print(f"chart.py: {len(cases)} workloads, {len(methods)} methods -> {a.out}")
