@@ -98,14 +98,14 @@ probe)
 readings)
   # The published numbers of one GPU in one call (about 7 minutes): the quick GPU suites,
   # all trees x heads at 100 runs a case, FlashInfer when its wheels are carried, and the
-  # chart with the peers already measured on this GPU model (bench/results/peers-MODEL-*).
+  # chart with the peers already measured on this GPU model (bench/results/peers-*MODEL-*).
   quick_tests 2>&1 | tee "$out/readings-tests-$tag.log"
   timeout 300 build/gpu/patbench --iters 100 --check 4 --out "$out/patbench-$tag.jsonl" \
     > "$out/patbench-$tag.txt" 2>&1; tail -14 "$out/patbench-$tag.txt"
   flashinfer_wheels
   timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
     --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -24
-  $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-${tag%%-*}-*.jsonl \
+  $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-*${tag%%-*}-*.jsonl \
     $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
   ;;
 final)
