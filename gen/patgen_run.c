@@ -191,14 +191,17 @@ int patgen_cmd_plan(int argc, char **argv)
     for (int g = 0; g < p.num_groups; g++) {
       const pat_tile *t = &spec.tiles[p.groups[g].tile];
       long long tokens = 0, queries = 0;
+      int masked = 0;
       for (int i = 0; i < p.groups[g].num_packs; i++) {
         tokens += p.packs[p.groups[g].pack_begin + i].kv_len;
         queries += p.packs[p.groups[g].pack_begin + i].num_queries;
+        masked += p.packs[p.groups[g].pack_begin + i].masked;
       }
-      char label[48];
+      char label[48], note[48] = "";
       pat_tile_label(t, label, sizeof label);
-      printf("  tile %s: %6d packs, %8.1f queries/pack, %8.1f tokens/pack\n", label, p.groups[g].num_packs,
-             (double)queries / p.groups[g].num_packs, (double)tokens / p.groups[g].num_packs);
+      if (masked) snprintf(note, sizeof note, " (%d masked)", masked);
+      printf("  tile %s: %6d packs, %8.1f queries/pack, %8.1f tokens/pack%s\n", label, p.groups[g].num_packs,
+             (double)queries / p.groups[g].num_packs, (double)tokens / p.groups[g].num_packs, note);
     }
     pat_host_plan_free(&p);
   }

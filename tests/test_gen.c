@@ -223,6 +223,21 @@ Test(patgen, plan_takes_the_arch_tiles)
   cr_expect_eq(sh("bin/patgen plan 1,1024_2048,32 --arch sm_8", out, sizeof out), 2);
 }
 
+/* The preview counts a group's masked packs (a subtree in one pack), and a spec with
+** split.masked_packs: 0 has none. */
+Test(patgen, plan_counts_masked_packs)
+{
+  char out[16384];
+  cr_assert_eq(sh("bin/patgen plan 1,256_256,32 --heads 32/8", out, sizeof out), 0, "%s", out);
+  cr_expect(strstr(out, " masked)\n") != NULL, "got: %s", out);
+  cr_assert_eq(system("mkdir -p build && sed 's/^  mma_rows_per_token: 128$/&\\n  masked_packs: 0/' "
+                      "specs/default.yaml > build/test_nomask.yaml"), 0);
+  cr_assert_eq(sh("bin/patgen plan 1,256_256,32 --heads 32/8 --spec build/test_nomask.yaml", out, sizeof out), 0,
+               "%s", out);
+  cr_expect(strstr(out, "masked") == NULL, "got: %s", out);
+  cr_expect(strstr(out, "256 merges") != NULL, "got: %s", out);
+}
+
 Test(patgen, plan_previews_a_tuning_table)
 {
   char out[16384];
