@@ -1,5 +1,6 @@
-/* plan_time.c: times pat_sched_build (median of 200 builds) on the paper's trees and on
-** random-shaped batches of 64/256/1024 queries; prints microseconds and read/unique KV.
+/* plan_time.c: times pat_sched_build (median of 200 builds; fresh buffers, then one scratch
+** kept across the builds as pat_plan_update does) on the paper's trees and on random-shaped
+** batches of 64/256/1024 queries; prints microseconds and read/unique KV.
 ** Build: cc -std=c11 -D_GNU_SOURCE -O2 -Igen -Iruntime runtime/sched.c runtime/tree.c \
 **        gen/tuning.c gen/tile.c bench/plan_time.c -o build/plan_time */
 #include <stdio.h>
@@ -43,6 +44,26 @@ static void make_spec(pat_spec *s)
   s->split = (pat_split_policy){256, 16, 2, 128, 1};
 }
 
+/* Median of REPS builds into *t_us: fresh buffers each time (pat_sched_build, as
+** pat_plan_create) or one scratch kept across them (as pat_plan_update). */
+static void time_builds(const pat_batch *b, const pat_sched_opts *o, int reuse, const char *label, double *t_us,
+                        pat_host_plan *last)
+{
+  double t[REPS];
+  char err[256];
+  pat_sched_scratch sc = {0};
+  for (int r = 0; r < REPS; r++) {
+    double t0 = now_us();
+    int rc = reuse ? pat_sched_build_with(b, o, &sc, last, err, sizeof err) : pat_sched_build(b, o, last, err, sizeof err);
+    if (rc) { fprintf(stderr, "%s: %s\n", label, err); exit(1); }
+    t[r] = now_us() - t0;
+    if (r + 1 < REPS) pat_host_plan_free(last);
+  }
+  pat_sched_scratch_free(&sc);
+  qsort(t, REPS, sizeof t[0], cmp_double);
+  *t_us = t[REPS / 2];
+}
+
 static void run(const char *label, const pat_workload *w, const pat_spec *spec, int gqa, int kvh)
 {
   pat_batch b = pat_workload_batch(w, gqa);
@@ -52,18 +73,13 @@ static void run(const char *label, const pat_workload *w, const pat_spec *spec, 
   o.num_sms = 132;
   o.kv_heads = kvh;
   o.mode = PAT_SCHED_PREFIX;
-  double t[REPS];
-  char err[256];
   pat_host_plan p;
-  for (int r = 0; r < REPS; r++) {
-    double t0 = now_us();
-    if (pat_sched_build(&b, &o, &p, err, sizeof err)) { fprintf(stderr, "%s: %s\n", label, err); exit(1); }
-    t[r] = now_us() - t0;
-    if (r + 1 < REPS) pat_host_plan_free(&p);
-  }
-  qsort(t, REPS, sizeof t[0], cmp_double);
-  printf("%-48s q=%5d gqa=%d  %8.1f us  packs=%5d merges=%5d  read/unique=%.3f\n", label,
-         w->num_queries, gqa, t[REPS / 2], p.num_packs, p.num_merges,
+  double fresh, reused;
+  time_builds(&b, &o, 0, label, &fresh, &p);
+  pat_host_plan_free(&p);
+  time_builds(&b, &o, 1, label, &reused, &p);
+  printf("%-48s q=%5d gqa=%d  %8.1f us  %8.1f us reused  packs=%5d merges=%5d  read/unique=%.3f\n", label,
+         w->num_queries, gqa, fresh, reused, p.num_packs, p.num_merges,
          (double)p.kv_tokens_read / (double)p.kv_tokens_unique);
   pat_host_plan_free(&p);
 }

@@ -9,6 +9,7 @@
 #include "generate.h"
 #include "pat.h"
 #include "plan.h"
+#include "sched.h"
 #include "spec.h"
 
 enum { PAT_MAX_STREAMS = 8, PAT_ERR_LEN = 65536 };
@@ -52,6 +53,7 @@ struct pat_plan {
   size_t off_packs, off_pack_queries, off_pages, off_page_masks, off_merges;  /* off_page_masks: 0 when none */
   CUevent uploaded;
   double build_us;
+  pat_sched_scratch scratch; /* the scheduler's working buffers, kept between pat_plan_update calls */
   /* What pat_forward launches: one entry per tile launch (tile, first pack in the device
   ** packs, grid.x), then a merge of merge_grid items (none when 0); the workspace layout is
   ** sized for ws_slots. A plan of pat_plan_create: its groups, num_merges, num_slots. */

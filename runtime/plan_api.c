@@ -37,8 +37,8 @@ static pat_status check_batch(pat_context *ctx, const pat_batch_desc *b, int *gq
 }
 
 /* Schedules b on the host into *host (zeroed on failure). */
-static pat_status schedule(pat_context *ctx, const pat_batch_desc *b, int gqa, pat_host_plan *host,
-                           double *build_us)
+static pat_status schedule(pat_context *ctx, const pat_batch_desc *b, int gqa, pat_sched_scratch *scratch,
+                           pat_host_plan *host, double *build_us)
 {
   pat_batch batch = {.num_queries = b->num_queries, .seq_lens = b->seq_lens,
                      .block_table = b->block_table, .block_table_stride = b->block_table_stride,
@@ -46,7 +46,9 @@ static pat_status schedule(pat_context *ctx, const pat_batch_desc *b, int gqa, p
   pat_sched_opts opts = {.spec = &ctx->spec, .num_sms = ctx->num_sms, .kv_heads = b->kv_heads,
                          .mode = b->mode == PAT_MODE_DIRECT ? PAT_SCHED_DIRECT : PAT_SCHED_PREFIX};
   double t0 = now_us();
-  if (pat_sched_build(&batch, &opts, host, ctx->err, sizeof ctx->err)) return PAT_ERR_INVALID_ARG;
+  int rc = scratch ? pat_sched_build_with(&batch, &opts, scratch, host, ctx->err, sizeof ctx->err)
+                   : pat_sched_build(&batch, &opts, host, ctx->err, sizeof ctx->err);
+  if (rc) return PAT_ERR_INVALID_ARG;
   *build_us = now_us() - t0;
   return PAT_OK;
 }
@@ -89,7 +91,7 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   if (st) return st;
   pat_plan *p = plan_new(ctx, b, gqa);
   if (!p) return pat_fail(ctx, PAT_ERR_NO_MEMORY, "out of memory");
-  if ((st = schedule(ctx, b, gqa, &p->host, &p->build_us))) {
+  if ((st = schedule(ctx, b, gqa, NULL, &p->host, &p->build_us))) {
     free(p);
     return st;
   }
@@ -197,7 +199,8 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
   if (!p) return pat_fail(ctx, PAT_ERR_NO_MEMORY, "out of memory");
   p->capacity = 1;
   p->caps = *caps;
-  if ((st = schedule(ctx, b, gqa, &p->host, &p->build_us))) {
+  if ((st = schedule(ctx, b, gqa, &p->scratch, &p->host, &p->build_us))) {
+    pat_sched_scratch_free(&p->scratch);
     free(p);
     return st;
   }
@@ -260,7 +263,7 @@ PAT_API pat_status pat_plan_update(pat_plan *p, const pat_batch_desc *b, pat_str
   if ((st = make_layout(ctx, &p->caps, &l))) return st;
   pat_host_plan h;
   double build_us = 0;
-  if ((st = schedule(ctx, b, gqa, &h, &build_us))) return st;
+  if ((st = schedule(ctx, b, gqa, &p->scratch, &h, &build_us))) return st;
   const pat_cuda *cu = ctx->cu;
   /* The pinned buffer is rewritten: the previous upload from it must have run. */
   if (PAT_CU(cu, cu->cuCtxSetCurrent(ctx->cuctx), ctx->err, sizeof ctx->err) ||
@@ -336,6 +339,7 @@ PAT_API void pat_plan_destroy(pat_plan *p)
   if (p->meta) cu->cuMemFree(p->meta);
   if (p->pinned) cu->cuMemFreeHost(p->pinned);
   pat_host_plan_free(&p->host);
+  pat_sched_scratch_free(&p->scratch);
   free(p);
 }
 

@@ -87,7 +87,33 @@ typedef struct ctx {
   size_t hcap;
   int32_t *hkey, *hval, *gid, *gcnt, *tmp, *gslot;
   void *block;
+  pat_sched_scratch *sc; /* where every working buffer comes from (and stays) */
 } ctx;
+
+/* The scratch's buffers, one per use. */
+enum { SB_BLOCK, SB_BPACKS, SB_STACK, SB_MPAGE, SB_MWORD, SB_SEEN, SB_PT_KEY, SB_PT_CODE, SB_HEAP, SB_FINAL };
+
+/* Buffer `id` of the scratch, at least `bytes` long; what it held is kept when it grows.
+** NULL when out of memory (the old buffer stays in the scratch). */
+static void *scratch(ctx *c, int id, size_t bytes)
+{
+  pat_sched_scratch *s = c->sc;
+  if (bytes == 0) bytes = 1;
+  if (s->cap[id] < bytes) {
+    void *p = realloc(s->buf[id], bytes);
+    if (!p) return NULL;
+    s->buf[id] = p;
+    s->cap[id] = bytes;
+  }
+  return s->buf[id];
+}
+
+void pat_sched_scratch_free(pat_sched_scratch *s)
+{
+  if (!s) return;
+  for (int i = 0; i < PAT_SCHED_SCRATCH_BUFS; i++) free(s->buf[i]);
+  memset(s, 0, sizeof *s);
+}
 
 void pat_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -418,7 +444,7 @@ static int32_t *ptab_slot(ptab *t, int32_t page)
   return &t->code[h];
 }
 
-static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
+static int check_pages_exact(ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   size_t total = (size_t)c->n;
   for (int32_t v = 0; v < c->num_nodes; v++) total += (size_t)c->nodes[v].npages;
@@ -429,11 +455,10 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
     t.cap = (size_t)npt;
   } else {
     t.cap = pow2_at_least(total * 2);
-    t.key = malloc(t.cap * sizeof *t.key);
+    t.key = scratch(c, SB_PT_KEY, t.cap * sizeof *t.key);
   }
-  t.code = malloc(t.cap * sizeof *t.code);
+  t.code = scratch(c, SB_PT_CODE, t.cap * sizeof *t.code);
   if (!t.code || (!t.direct && !t.key)) {
-    free(t.key); free(t.code);
     pat_set_err(err, errlen, "out of memory");
     return -1;
   }
@@ -472,8 +497,6 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
     *code = pos * 2 + 1;
     tails += tt;
   }
-  free(t.key);
-  free(t.code);
   *unique_tokens = full * c->ps + tails;
   return rc;
 }
@@ -484,13 +507,13 @@ static int check_pages_exact(const ctx *c, int64_t *unique_tokens, char *err, si
 ** different prefixes; check_pages_exact decides and words the message), -1 when out of
 ** memory. Only "seen" flags are kept: a byte per page id when the cache is small enough to
 ** clear cheaply, else an open-addressing set of the ids met. */
-static int check_pages_fast(const ctx *c, int64_t *unique_tokens)
+static int check_pages_fast(ctx *c, int64_t *unique_tokens)
 {
   const uint32_t npt = (uint32_t)c->b->num_pages_total;
   const int64_t total = c->tree_pages + c->ntails;
   int rc = 0;
   if ((int64_t)npt <= 64 * total + 4096) {
-    unsigned char *seen = malloc(npt);
+    unsigned char *seen = scratch(c, SB_SEEN, npt);
     if (!seen) return -1;
     memset(seen, 0, npt);
     unsigned acc = 0;
@@ -514,10 +537,9 @@ static int check_pages_fast(const ctx *c, int64_t *unique_tokens)
       seen[p] = 1;
     }
     rc = acc != 0;
-    free(seen);
   } else {
     size_t cap = pow2_at_least((size_t)total * 2), mask = cap - 1;
-    int32_t *key = malloc(cap * sizeof *key);
+    int32_t *key = scratch(c, SB_SEEN, cap * sizeof *key);
     if (!key) return -1;
     memset(key, 0xff, cap * sizeof *key);  /* -1: empty (valid ids are >= 0) */
     for (int32_t v = 0; v < c->num_nodes && rc == 0; v++) {
@@ -541,13 +563,12 @@ static int check_pages_fast(const ctx *c, int64_t *unique_tokens)
       if (key[h] == p) rc = 1;
       key[h] = p;
     }
-    free(key);
   }
   if (rc == 0) *unique_tokens = c->tree_pages * c->ps + c->tail_tokens;
   return rc;
 }
 
-static int check_pages(const ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
+static int check_pages(ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   int rc = check_pages_fast(c, unique_tokens);
   if (rc < 0) { pat_set_err(err, errlen, "out of memory"); return -1; }
@@ -711,7 +732,7 @@ static int grow_bpacks(ctx *c, int32_t need)
   if (c->nbp + need <= c->bpcap) return 0;
   int32_t ncap = c->bpcap * 2;
   while (ncap < c->nbp + need) ncap *= 2;
-  bpack *nb = realloc(c->bp, (size_t)ncap * sizeof *nb);
+  bpack *nb = scratch(c, SB_BPACKS, (size_t)ncap * sizeof *nb);
   if (!nb) return -1;
   c->bp = nb;
   c->bpcap = ncap;
@@ -743,10 +764,10 @@ static int emit_chunk(ctx *c, const node *nd, int32_t shared_pos, int32_t i0, in
   if (c->nmp + pages > c->mpcap) {
     int32_t ncap = c->mpcap ? c->mpcap : 1024;
     while (ncap < c->nmp + pages) ncap *= 2;
-    int32_t *np = realloc(c->mpage, (size_t)ncap * sizeof *np);
+    int32_t *np = scratch(c, SB_MPAGE, (size_t)ncap * sizeof *np);
     if (!np) return -1;
     c->mpage = np;
-    uint32_t *nw = realloc(c->mword, (size_t)ncap * sizeof *nw);
+    uint32_t *nw = scratch(c, SB_MWORD, (size_t)ncap * sizeof *nw);
     if (!nw) return -1;
     c->mword = nw;
     c->mpcap = ncap;
@@ -921,7 +942,7 @@ static int split_packs(ctx *c, int32_t *cnt)
   }
   /* 2. fill the GPU: split the longest chunk while the grid is short of CTAs */
   if (packs >= target) return 0;
-  int32_t *h = malloc((size_t)c->nbp * sizeof *h);
+  int32_t *h = scratch(c, SB_HEAP, (size_t)c->nbp * sizeof *h);
   if (!h) return -1;
   int32_t hn = 0;
   for (int32_t i = 0; i < c->nbp; i++) {
@@ -937,7 +958,6 @@ static int split_packs(ctx *c, int32_t *cnt)
     if (p->splits >= p->max_s) h[0] = h[--hn];
     heap_down(c, h, hn, 0);
   }
-  free(h);
   return 0;
 }
 
@@ -993,7 +1013,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
 
   /* scratch: final packs, sort keys and permutation, slot bases and counters, buckets */
   size_t nb = (size_t)nt * 32 + 1;
-  fpack *fp = malloc((size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
+  fpack *fp = scratch(c, SB_FINAL, (size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
   int32_t *key = fp ? (int32_t *)(void *)(fp + nf) : NULL;
   int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
   plan->packs = malloc((size_t)nf * sizeof *plan->packs);
@@ -1092,7 +1112,6 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   order_groups(c, plan);
   rc = 0;
 out:
-  free(fp);
   return rc;
 }
 
@@ -1113,14 +1132,14 @@ void pat_host_plan_free(pat_host_plan *plan)
   memset(plan, 0, sizeof *plan);
 }
 
-/* Carves the per-call scratch out of one allocation. Returns -1 when out of memory. */
+/* Carves the per-call arrays out of one scratch buffer. Returns -1 when out of memory. */
 static int alloc_scratch(ctx *c)
 {
   size_t n = (size_t)c->n, nn = 2 * n + 1;
   c->hcap = pow2_at_least(n * 2);
   size_t bytes = nn * sizeof(node)
                + (8 * n + 1 + 2 * c->hcap + (size_t)c->cap + 1 + 2 * nn) * sizeof(int32_t);
-  char *p = malloc(bytes);
+  char *p = scratch(c, SB_BLOCK, bytes);
   if (!p) return -1;
   c->block = p;
   c->nodes = (node *)(void *)p;           p += nn * sizeof(node);
@@ -1143,13 +1162,24 @@ static int alloc_scratch(ctx *c)
 int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
                     char *err, size_t errlen)
 {
+  pat_sched_scratch sc = {0};
+  int rc = pat_sched_build_with(b, o, &sc, plan, err, errlen);
+  pat_sched_scratch_free(&sc);
+  return rc;
+}
+
+int pat_sched_build_with(const pat_batch *b, const pat_sched_opts *o, pat_sched_scratch *scratch_bufs,
+                         pat_host_plan *plan, char *err, size_t errlen)
+{
   if (err && errlen) err[0] = '\0';
   if (!plan) { pat_set_err(err, errlen, "no plan to fill"); return -1; }
   memset(plan, 0, sizeof *plan);
+  if (!scratch_bufs) { pat_set_err(err, errlen, "no scratch buffers"); return -1; }
   if (check_batch(b, o, err, errlen)) return -1;
 
   ctx c;
   memset(&c, 0, sizeof c);
+  c.sc = scratch_bufs;
   c.b = b;
   c.o = o;
   c.s = o->spec;
@@ -1183,7 +1213,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
 
   size_t n = (size_t)c.n;
   c.bpcap = c.n + 16;
-  c.bp = malloc((size_t)c.bpcap * sizeof *c.bp);
+  c.bp = scratch(&c, SB_BPACKS, (size_t)c.bpcap * sizeof *c.bp);
   int rc = -1;
   int64_t unique = 0;
   if (!c.bp || alloc_scratch(&c)) { pat_set_err(err, errlen, "out of memory"); goto out; }
@@ -1219,7 +1249,7 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   if (check_pages(&c, &unique, err, errlen)) goto out;
 
   if (o->mode == PAT_SCHED_PREFIX) {
-    c.stack = malloc((size_t)c.num_nodes * sizeof *c.stack);
+    c.stack = scratch(&c, SB_STACK, (size_t)c.num_nodes * sizeof *c.stack);
     if (!c.stack) { pat_set_err(err, errlen, "out of memory"); goto out; }
     compute_costs(&c);
     if (emit_prefix(&c, inh, sa)) { pat_set_err(err, errlen, "out of memory"); goto out; }
@@ -1238,6 +1268,6 @@ int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *
   plan->kv_tokens_unique = unique;
   rc = 0;
 out:
-  free(c.block); free(c.bp); free(c.stack); free(c.mpage); free(c.mword);
+  /* every working buffer stays in the scratch */
   return rc;
 }

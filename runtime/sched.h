@@ -33,6 +33,18 @@ typedef struct pat_sched_opts {
   pat_sched_mode mode;
 } pat_sched_opts;
 
+/* Working buffers of pat_sched_build_with, kept from one build to the next so that a plan
+** rebuilt every step (pat_plan_update) reuses memory instead of taking fresh pages from the
+** allocator each time. Zero-initialise; release with pat_sched_scratch_free. One scratch per
+** thread at a time. */
+enum { PAT_SCHED_SCRATCH_BUFS = 10 };
+typedef struct pat_sched_scratch {
+  void *buf[PAT_SCHED_SCRATCH_BUFS];
+  size_t cap[PAT_SCHED_SCRATCH_BUFS];  /* bytes */
+} pat_sched_scratch;
+
+void pat_sched_scratch_free(pat_sched_scratch *s);
+
 /* Builds the plan of one batch. On success returns 0 and fills *plan (arrays owned by the
 ** plan: free with pat_host_plan_free). On a bad batch or options returns -1, writes a
 ** message naming the query (and position) at fault into err (always NUL-terminated when
@@ -41,6 +53,11 @@ typedef struct pat_sched_opts {
 ** Thread-safety: reentrant; no shared state, concurrent calls on distinct plans are safe. */
 int pat_sched_build(const pat_batch *b, const pat_sched_opts *o, pat_host_plan *plan,
                     char *err, size_t errlen);
+
+/* pat_sched_build with its working buffers taken from (and left in) *scratch; the plan is
+** the same. */
+int pat_sched_build_with(const pat_batch *b, const pat_sched_opts *o, pat_sched_scratch *scratch,
+                         pat_host_plan *plan, char *err, size_t errlen);
 
 /* printf into err (errlen bytes, NUL-terminated; nothing when err is NULL or errlen 0): the
 ** message writer of the scheduler and the workload builders. */

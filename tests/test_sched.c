@@ -766,6 +766,72 @@ Test(sched, no_masked_packs_without_mma_sync_tiles_or_when_off)
   }
 }
 
+/* Two plans are the same, array by array. */
+static void expect_same_plan(const pat_host_plan *a, const pat_host_plan *b, const char *what)
+{
+  cr_assert_eq(a->num_packs, b->num_packs, "%s", what);
+  cr_assert_eq(a->num_pack_queries, b->num_pack_queries, "%s", what);
+  cr_assert_eq(a->num_pages, b->num_pages, "%s", what);
+  cr_assert_eq(a->num_merges, b->num_merges, "%s", what);
+  cr_assert_eq(a->num_groups, b->num_groups, "%s", what);
+  cr_assert_eq(a->num_slots, b->num_slots, "%s", what);
+  cr_assert_eq(memcmp(a->packs, b->packs, (size_t)a->num_packs * sizeof *a->packs), 0, "%s", what);
+  cr_assert_eq(memcmp(a->pack_queries, b->pack_queries, (size_t)a->num_pack_queries * sizeof *a->pack_queries), 0,
+               "%s", what);
+  cr_assert_eq(memcmp(a->pages, b->pages, (size_t)a->num_pages * sizeof *a->pages), 0, "%s", what);
+  cr_assert_eq(!a->page_masks, !b->page_masks, "%s", what);
+  if (a->page_masks)
+    cr_assert_eq(memcmp(a->page_masks, b->page_masks, (size_t)a->num_pages * sizeof *a->page_masks), 0, "%s", what);
+  cr_assert_eq(memcmp(a->merges, b->merges, (size_t)a->num_merges * sizeof *a->merges), 0, "%s", what);
+  cr_assert_eq(memcmp(a->groups, b->groups, (size_t)a->num_groups * sizeof *a->groups), 0, "%s", what);
+}
+
+/* One scratch through batches of every size and shape (masked packs, direct mode, a bad
+** batch in between): each plan is the one a fresh build gives, whatever the scratch held. */
+Test(sched, reused_scratch_gives_the_same_plans)
+{
+  pat_spec spec;
+  make_masked_spec(&spec);
+  pat_sched_scratch sc = {0};
+  static const char *const trees[] = {"1,256_256,32", "1,64_256,40", "256_1024", "1,4,16,512_1024,256,128,32",
+                                      "1,10_4096,416", "1,2,64_1024,256,256"};
+  char err[256];
+  for (int it = 0; it < 24; it++) {
+    pat_workload w;
+    if (it % 4 == 3) {  /* a random tree, larger or smaller than the last */
+      pat_random_tree_opts ro;
+      memset(&ro, 0, sizeof ro);
+      ro.max_depth = 1 + it % 5;
+      ro.max_fanout = 4 + it;
+      ro.max_queries = 8 << (it % 7);
+      ro.max_pages = 1 << 20;
+      ro.max_node_pages = 16;
+      ro.max_leaf_tokens = 200;
+      cr_assert_eq(pat_tree_random(100 + (uint64_t)it, &ro, 32, &w, err, sizeof err), 0, "%s", err);
+    } else {
+      cr_assert_eq(pat_tree_parse(trees[it % 6], 32, (uint64_t)it, &w, err, sizeof err), 0, "%s", err);
+    }
+    pat_batch b = pat_workload_batch(&w, it % 2 ? 8 : 1);
+    pat_sched_opts o = make_opts(&spec, 132, 8, it % 5 == 4 ? PAT_SCHED_DIRECT : PAT_SCHED_PREFIX);
+    pat_host_plan fresh, reused;
+    cr_assert_eq(pat_sched_build(&b, &o, &fresh, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(pat_sched_build_with(&b, &o, &sc, &reused, err, sizeof err), 0, "%s", err);
+    char what[64];
+    snprintf(what, sizeof what, "batch %d", it);
+    expect_same_plan(&fresh, &reused, what);
+    pat_host_plan_free(&fresh);
+    pat_host_plan_free(&reused);
+    if (it == 10) {  /* a refused batch leaves the scratch usable */
+      pat_batch bad = b;
+      bad.num_pages_total = 1;
+      cr_assert_eq(pat_sched_build_with(&bad, &o, &sc, &reused, err, sizeof err), -1);
+    }
+    pat_workload_free(&w);
+  }
+  pat_sched_scratch_free(&sc);
+  pat_sched_scratch_free(&sc);  /* twice is harmless */
+}
+
 /* Long shared prefixes stay in own packs (on the larger tile, with a merge): a 2048-token
 ** prefix over 32-token leaves is not absorbed, a 256-token one is. */
 Test(sched, long_prefixes_are_not_absorbed)
