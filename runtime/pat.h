@@ -191,8 +191,9 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
 ** upload, never for kernels. The new metadata overwrites the old in stream order: issue it
 ** on the stream that runs pat_forward or the graph (or order the two streams), after the
 ** previous step's work. When the batch is refused (PAT_ERR_INVALID_ARG; "capacity: ..." in
-** pat_last_error when it does not fit) the plan, host and device, is left as it was. Not concurrently with
-** other calls on the same plan, nor with pat_forward reading it on the host. */
+** pat_last_error when it does not fit) the plan, host and device, is left as it was. The plan
+** keeps the scheduler's working buffers from one update to the next (no fresh pages a step).
+** Not concurrently with other calls on the same plan, nor with pat_forward reading it on the host. */
 PAT_API pat_status pat_plan_update(pat_plan *plan, const pat_batch_desc *batch, pat_stream stream);
 
 /* The capacities a plan was created with (1), or 0 for a plan of pat_plan_create. caps may
