@@ -93,7 +93,7 @@ typedef struct ctx {
 /* The scratch's buffers, one per use. */
 enum { SB_BLOCK, SB_BPACKS, SB_STACK, SB_MPAGE, SB_MWORD, SB_SEEN, SB_PT_KEY, SB_PT_CODE, SB_HEAP, SB_FINAL,
        SB_COUNT };
-_Static_assert(SB_COUNT <= PAT_SCHED_SCRATCH_BUFS, "pat_sched_scratch holds too few buffers");
+_Static_assert((int)SB_COUNT <= (int)PAT_SCHED_SCRATCH_BUFS, "pat_sched_scratch holds too few buffers");
 
 /* Buffer `id` of the scratch, at least `bytes` long; what it held is kept when it grows.
 ** NULL when out of memory (the old buffer stays in the scratch). */
