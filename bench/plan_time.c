@@ -45,7 +45,8 @@ static void make_spec(pat_spec *s)
 }
 
 /* Median of REPS builds into *t_us: fresh buffers each time (pat_sched_build, as
-** pat_plan_create) or one scratch kept across them (as pat_plan_update). */
+** pat_plan_create) or one scratch kept across them, each plan recycled into it (as
+** pat_plan_update). */
 static void time_builds(const pat_batch *b, const pat_sched_opts *o, int reuse, const char *label, double *t_us,
                         pat_host_plan *last)
 {
@@ -57,7 +58,12 @@ static void time_builds(const pat_batch *b, const pat_sched_opts *o, int reuse, 
     int rc = reuse ? pat_sched_build_with(b, o, &sc, last, err, sizeof err) : pat_sched_build(b, o, last, err, sizeof err);
     if (rc) { fprintf(stderr, "%s: %s\n", label, err); exit(1); }
     t[r] = now_us() - t0;
-    if (r + 1 < REPS) pat_host_plan_free(last);
+    if (r + 1 < REPS) {
+      if (reuse)
+        pat_sched_scratch_recycle(&sc, last);
+      else
+        pat_host_plan_free(last);
+    }
   }
   pat_sched_scratch_free(&sc);
   qsort(t, REPS, sizeof t[0], cmp_double);

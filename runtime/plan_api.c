@@ -275,7 +275,7 @@ PAT_API pat_status pat_plan_update(pat_plan *p, const pat_batch_desc *b, pat_str
     pat_host_plan_free(&h);
     return st;
   }
-  pat_host_plan_free(&p->host);
+  pat_sched_scratch_recycle(&p->scratch, &p->host);  /* its arrays serve the next update */
   p->host = h;
   p->build_us = build_us;
   return PAT_OK;

@@ -92,6 +92,8 @@ typedef struct ctx {
 
 /* The scratch's buffers, one per use. */
 enum { SB_BLOCK, SB_BPACKS, SB_STACK, SB_MPAGE, SB_MWORD, SB_SEEN, SB_PT_KEY, SB_PT_CODE, SB_HEAP, SB_FINAL,
+       /* a recycled plan's arrays, each handed over whole to the next plan */
+       SB_PLAN_PACKS, SB_PLAN_PACK_QUERIES, SB_PLAN_PAGES, SB_PLAN_PAGE_MASKS, SB_PLAN_MERGES, SB_PLAN_GROUPS,
        SB_COUNT };
 _Static_assert((int)SB_COUNT <= (int)PAT_SCHED_SCRATCH_BUFS, "pat_sched_scratch holds too few buffers");
 
@@ -115,6 +117,38 @@ void pat_sched_scratch_free(pat_sched_scratch *s)
   if (!s) return;
   for (int i = 0; i < PAT_SCHED_SCRATCH_BUFS; i++) free(s->buf[i]);
   memset(s, 0, sizeof *s);
+}
+
+/* A plan array of `bytes`: the recycled one of buffer `id` when large enough (the plan owns
+** it from now on), else a new one. NULL when out of memory. */
+static void *plan_array(ctx *c, int id, size_t bytes)
+{
+  pat_sched_scratch *s = c->sc;
+  void *p = s->buf[id];
+  if (p && s->cap[id] >= bytes) {
+    s->buf[id] = NULL;
+    s->cap[id] = 0;
+    return p;
+  }
+  return malloc(bytes);
+}
+
+static void keep_array(pat_sched_scratch *s, int id, void *p, size_t bytes)
+{
+  free(s->buf[id]);
+  s->buf[id] = p;
+  s->cap[id] = p ? bytes : 0;
+}
+
+void pat_sched_scratch_recycle(pat_sched_scratch *s, pat_host_plan *plan)
+{
+  keep_array(s, SB_PLAN_PACKS, plan->packs, (size_t)plan->num_packs * sizeof *plan->packs);
+  keep_array(s, SB_PLAN_PACK_QUERIES, plan->pack_queries, (size_t)plan->num_pack_queries * sizeof *plan->pack_queries);
+  keep_array(s, SB_PLAN_PAGES, plan->pages, (size_t)plan->num_pages * sizeof *plan->pages);
+  keep_array(s, SB_PLAN_PAGE_MASKS, plan->page_masks, (size_t)plan->num_pages * sizeof *plan->page_masks);
+  keep_array(s, SB_PLAN_MERGES, plan->merges, (size_t)plan->num_merges * sizeof *plan->merges);
+  keep_array(s, SB_PLAN_GROUPS, plan->groups, (size_t)plan->num_groups * sizeof *plan->groups);
+  memset(plan, 0, sizeof *plan);
 }
 
 void pat_set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -1018,12 +1052,16 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
   fpack *fp = scratch(c, SB_FINAL, (size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
   int32_t *key = fp ? (int32_t *)(void *)(fp + nf) : NULL;
   int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
-  plan->packs = malloc((size_t)nf * sizeof *plan->packs);
-  plan->pack_queries = malloc((size_t)npq * sizeof *plan->pack_queries);
-  plan->pages = malloc((size_t)(npages ? npages : 1) * sizeof *plan->pages);
-  if (c->nmp > 0) plan->page_masks = calloc((size_t)(npages ? npages : 1), sizeof *plan->page_masks);
-  plan->merges = malloc((size_t)(nmerge ? nmerge : 1) * sizeof *plan->merges);
-  plan->groups = malloc((size_t)nt * sizeof *plan->groups);
+  plan->packs = plan_array(c, SB_PLAN_PACKS, (size_t)nf * sizeof *plan->packs);
+  plan->pack_queries = plan_array(c, SB_PLAN_PACK_QUERIES, (size_t)npq * sizeof *plan->pack_queries);
+  plan->pages = plan_array(c, SB_PLAN_PAGES, (size_t)(npages ? npages : 1) * sizeof *plan->pages);
+  if (c->nmp > 0) {  /* words of unmasked packs' pages stay 0 */
+    size_t bytes = (size_t)(npages ? npages : 1) * sizeof *plan->page_masks;
+    plan->page_masks = plan_array(c, SB_PLAN_PAGE_MASKS, bytes);
+    if (plan->page_masks) memset(plan->page_masks, 0, bytes);
+  }
+  plan->merges = plan_array(c, SB_PLAN_MERGES, (size_t)(nmerge ? nmerge : 1) * sizeof *plan->merges);
+  plan->groups = plan_array(c, SB_PLAN_GROUPS, (size_t)nt * sizeof *plan->groups);
   int rc = -1;
   if (!fp || !plan->packs || !plan->pack_queries || !plan->pages || !plan->merges || !plan->groups ||
       (c->nmp > 0 && !plan->page_masks))

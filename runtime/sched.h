@@ -35,15 +35,21 @@ typedef struct pat_sched_opts {
 
 /* Working buffers of pat_sched_build_with, kept from one build to the next so that a plan
 ** rebuilt every step (pat_plan_update) reuses memory instead of taking fresh pages from the
-** allocator each time. Zero-initialise; release with pat_sched_scratch_free. One scratch per
-** thread at a time. */
-enum { PAT_SCHED_SCRATCH_BUFS = 10 };
+** allocator each time; also the arrays of a plan handed back by pat_sched_scratch_recycle,
+** which the next plan takes over. Zero-initialise; release with pat_sched_scratch_free. One
+** scratch per thread at a time. */
+enum { PAT_SCHED_SCRATCH_BUFS = 16 };
 typedef struct pat_sched_scratch {
   void *buf[PAT_SCHED_SCRATCH_BUFS];
   size_t cap[PAT_SCHED_SCRATCH_BUFS];  /* bytes */
 } pat_sched_scratch;
 
 void pat_sched_scratch_free(pat_sched_scratch *s);
+
+/* Hands a plan that is no longer needed to the scratch (instead of pat_host_plan_free): the
+** next pat_sched_build_with on it fills its arrays where they are large enough. Leaves
+** *plan zeroed. */
+void pat_sched_scratch_recycle(pat_sched_scratch *s, pat_host_plan *plan);
 
 /* Builds the plan of one batch. On success returns 0 and fills *plan (arrays owned by the
 ** plan: free with pat_host_plan_free). On a bad batch or options returns -1, writes a

@@ -787,7 +787,8 @@ static void expect_same_plan(const pat_host_plan *a, const pat_host_plan *b, con
 }
 
 /* One scratch through batches of every size and shape (masked packs, direct mode, a bad
-** batch in between): each plan is the one a fresh build gives, whatever the scratch held. */
+** batch in between), each plan recycled into it after use: each plan is the one a fresh
+** build gives, whatever the scratch held. */
 Test(sched, reused_scratch_gives_the_same_plans)
 {
   pat_spec spec;
@@ -820,7 +821,8 @@ Test(sched, reused_scratch_gives_the_same_plans)
     snprintf(what, sizeof what, "batch %d", it);
     expect_same_plan(&fresh, &reused, what);
     pat_host_plan_free(&fresh);
-    pat_host_plan_free(&reused);
+    pat_sched_scratch_recycle(&sc, &reused);
+    cr_assert_null(reused.packs);
     if (it == 10) {  /* a refused batch leaves the scratch usable */
       pat_batch bad = b;
       bad.num_pages_total = 1;
