@@ -44,6 +44,7 @@ typedef struct pat_sched_scratch {
   size_t cap[PAT_SCHED_SCRATCH_BUFS];  /* bytes */
 } pat_sched_scratch;
 
+/* Frees every buffer the scratch holds and zeroes it (it can be used again). NULL: nothing. */
 void pat_sched_scratch_free(pat_sched_scratch *s);
 
 /* Hands a plan that is no longer needed to the scratch (instead of pat_host_plan_free): the
