@@ -20,7 +20,6 @@
 #   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
 #             (old kernels, when carried), build/gpu, and every spec in SPECS (e.g. variants)
 #   pdl       the quick GPU suites, then the subset with PAT_PDL=off (forked streams) and on
-#   merge     the quick GPU suites, the subset with PAT_MERGE=kernel and fused, the full set
 #   sass      ncu source counters (stall samples per SASS instruction) of the kernels of one
 #             case (CASE, default 1,256_256,32:64/8), summarised by bench/ncu_sass_summary.py
 set -u -o pipefail
@@ -166,17 +165,6 @@ pdl)
       --iters 50 --check 2 --out "$out/pdl-$v-$tag.jsonl" 2>&1 | tee "$out/pdl-$v-$tag.txt" | grep -E 'geomean|fail')"
   done
   ;;
-merge)
-  # The quick GPU suites (fused merge), then the subset with PAT_MERGE=kernel and fused, then
-  # the full set (fused) at 100 runs a case.
-  quick_tests 2>&1 | tee "$out/merge-tests-$tag.log"
-  for v in kernel fused; do
-    echo "== PAT_MERGE=$v: $(PAT_MERGE=$v timeout 100 build/gpu/patbench --spec specs/default.yaml --trees "$SUBSET_TREES" \
-      --iters 50 --check 2 --out "$out/merge-$v-$tag.jsonl" 2>&1 | tee "$out/merge-$v-$tag.txt" | grep -E 'geomean|fail')"
-  done
-  timeout 280 build/gpu/patbench --iters 100 --check 4 --out "$out/patbench-$tag.jsonl" \
-    > "$out/patbench-$tag.txt" 2>&1; tail -14 "$out/patbench-$tag.txt"
-  ;;
 sass)
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   case=${CASE:-1,256_256,32:64/8}
@@ -219,5 +207,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|merge|pdl|subset|order|sass"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune"; exit 2 ;;
 esac

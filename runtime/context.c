@@ -196,8 +196,6 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
     return create_failed(ctx, PAT_ERR_CUDA, msg, msglen);
   const char *pdl = getenv("PAT_PDL");
   ctx->chain = ctx->arch >= 90 && !(pdl && !strcmp(pdl, "off"));
-  const char *merge = getenv("PAT_MERGE");
-  ctx->fused_merge = !(merge && !strcmp(merge, "kernel"));
   if (spec) {
     snprintf(ctx->tuning, sizeof ctx->tuning, "as given by the caller (no table read)");
   } else {

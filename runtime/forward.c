@@ -1,5 +1,4 @@
-/* forward.c: pat_forward: one launch per tile group, then the merge (inside the forward
-** kernels by default, or a kernel of its own with PAT_MERGE=kernel). On sm_90+ they chain on
+/* forward.c: pat_forward: one launch per tile group, then the merge. On sm_90+ they chain on
 ** the caller's stream with programmatic dependent launch; before, the groups spread over
 ** the context's streams (forked from and joined back to the caller's). Capacity plans
 ** launch fixed grids, so the same calls can be captured in a CUDA graph and replayed. */
@@ -82,8 +81,6 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
     .pack_queries = (const pat_pack_query *)(uintptr_t)(plan->meta + plan->off_pack_queries),
     .pages = (const int *)(uintptr_t)(plan->meta + plan->off_pages),
     .page_masks = plan->off_page_masks ? (const unsigned *)(uintptr_t)(plan->meta + plan->off_page_masks) : NULL,
-    .merge_counts = ctx->fused_merge && plan->merge_grid > 0 ? (unsigned *)(uintptr_t)(plan->meta + plan->off_counts)
-                                                              : NULL,
     .q_stride = q_stride, .o_stride = o_stride, .q_heads = plan->q_heads, .kv_heads = plan->kv_heads,
     .scale_log2 = (t->scale > 0 ? t->scale : 1.f / __builtin_sqrtf((float)D)) * 1.4426950408889634f,
   };
@@ -131,7 +128,7 @@ PAT_API pat_status pat_forward(pat_context *ctx, const pat_plan *plan, const pat
       return PAT_ERR_CUDA;
   }
 
-  if (plan->merge_grid > 0 && !ctx->fused_merge) {
+  if (plan->merge_grid > 0) {
     int mi = ctx->src.count - 1;
     if (!ctx->kernels[mi].module) {
       pat_status st = pat_jit_ensure(ctx, mi);

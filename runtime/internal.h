@@ -34,8 +34,6 @@ struct pat_context {
   pthread_mutex_t jit_lock;  /* guards lazy compilation */
   int chain;               /* 1: pat_forward's launches chain on the caller's stream with
                               programmatic dependent launch (sm_90+, unless PAT_PDL=off) */
-  int fused_merge;         /* 1: split queries merge at the end of the forward kernels (the
-                              CTA that completes a query), 0: in a merge kernel (PAT_MERGE) */
   int num_streams;         /* else tile groups fork onto these and join back */
   CUstream streams[PAT_MAX_STREAMS];
   CUevent fork_event;
@@ -53,7 +51,6 @@ struct pat_plan {
   CUdeviceptr meta;        /* device copy: packs | pack_queries | pages | page masks | merges */
   size_t meta_bytes;
   size_t off_packs, off_pack_queries, off_pages, off_page_masks, off_merges;  /* off_page_masks: 0 when none */
-  size_t off_counts;       /* the fused merge's arrival counts, [ws_slots][kv_heads] (0 at rest) */
   CUevent uploaded;
   double build_us;
   pat_sched_scratch scratch; /* the scheduler's working buffers, kept between pat_plan_update calls */

@@ -211,13 +211,10 @@ typedef struct pat_tensors {
 } pat_tensors;
 
 /* Runs forward and merge for plan on `stream`, ordered after everything already on `stream`
-** and before anything queued after. A query split over several packs is merged by the
-** forward CTA that finishes its last split (PAT_MERGE=kernel, read at context creation, runs
-** a merge kernel after the forward kernels instead). The plan holds that merge's arrival
-** counts: forwards of one plan must not overlap (issue them on one stream, or order the
-** streams). On sm_90+ the tile groups chain on `stream` with programmatic dependent launch,
-** so that they overlap (PAT_PDL=off, read at context creation, forks them onto the context's
-** streams instead, as before sm_90, and joins them back). No host synchronisation, no allocation when
+** and before anything queued after. On sm_90+ the tile groups and the merge chain on
+** `stream` with programmatic dependent launch, so that they overlap (PAT_PDL=off, read at
+** context creation, forks them onto the context's streams instead, as before sm_90, and joins
+** them back before the merge). No host synchronisation, no allocation when
 ** workspace is given (workspace_bytes >= pat_plan_workspace_size; 16-byte aligned). With
 ** workspace 0 the context uses (and grows, synchronising once) its own buffer; a capacity
 ** plan made without external_workspace uses its own instead.

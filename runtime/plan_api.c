@@ -103,8 +103,7 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   p->off_page_masks = align16(p->off_pages + (size_t)h->num_pages * sizeof(int32_t));
   p->off_merges = align16(p->off_page_masks + (h->page_masks ? (size_t)h->num_pages * sizeof(uint32_t) : 0));
   if (!h->page_masks) p->off_page_masks = 0;
-  p->off_counts = align16(p->off_merges + (size_t)h->num_merges * sizeof(pat_merge_item));
-  p->meta_bytes = align16(p->off_counts + (size_t)h->num_slots * p->kv_heads * sizeof(uint32_t));
+  p->meta_bytes = align16(p->off_merges + (size_t)h->num_merges * sizeof(pat_merge_item));
   p->num_launches = h->num_groups;
   memcpy(p->launches, h->groups, (size_t)h->num_groups * sizeof *h->groups);
   p->merge_grid = h->num_merges;
@@ -121,7 +120,6 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   if (h->page_masks) memcpy(s + p->off_page_masks, h->page_masks, (size_t)h->num_pages * sizeof(uint32_t));
   if (h->num_merges)
     memcpy(s + p->off_merges, h->merges, (size_t)h->num_merges * sizeof(pat_merge_item));
-  memset(s + p->off_counts, 0, p->meta_bytes - p->off_counts);
   if (PAT_CU(cu, cu->cuMemcpyHtoDAsync(p->meta, p->pinned, p->meta_bytes, (CUstream)stream), e, el) ||
       PAT_CU(cu, cu->cuEventRecord(p->uploaded, (CUstream)stream), e, el))
     goto fail;
@@ -207,15 +205,13 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
     return st;
   }
   /* Layout: packs | merges (uploaded whole: padding matters) | pack_queries | pages | page
-  ** masks (a fixed address whether or not a step has masked packs) | arrival counts (zeroed
-  ** once: every forward leaves them at 0). */
+  ** masks (a fixed address whether or not a step has masked packs). */
   p->off_packs = 0;
   p->off_merges = align16((size_t)l.total_packs * sizeof(pat_pack));
   p->off_pack_queries = align16(p->off_merges + (size_t)l.max_merges * sizeof(pat_merge_item));
   p->off_pages = align16(p->off_pack_queries + (size_t)l.max_pack_queries * sizeof(pat_pack_query));
   p->off_page_masks = align16(p->off_pages + (size_t)l.max_pages * sizeof(int32_t));
-  p->off_counts = align16(p->off_page_masks + (size_t)l.max_pages * sizeof(uint32_t));
-  p->meta_bytes = align16(p->off_counts + (size_t)l.max_slots * p->kv_heads * sizeof(uint32_t));
+  p->meta_bytes = align16(p->off_page_masks + (size_t)l.max_pages * sizeof(uint32_t));
   /* Fixed launches, larger tiles first: the prefix packs, the long poles, start at once (the
   ** order pat_sched_build gives a plan's groups, by tile alone). */
   for (int t = 0; t < l.num_tiles; t++) {
@@ -240,16 +236,7 @@ PAT_API pat_status pat_plan_create_capacity(pat_context *ctx, const pat_batch_de
   /* Every kernel the plan launches is loaded now: pat_forward never compiles for it. */
   for (int i = 0; i < p->num_launches; i++)
     if ((st = pat_jit_ensure(ctx, pat_kernel_index(ctx, p->launches[i].tile, gqa)))) goto fail;
-  if (p->merge_grid > 0 && !ctx->fused_merge && (st = pat_jit_ensure(ctx, ctx->src.count - 1))) goto fail;
-  /* The counts go up once, before the upload whose event the pinned buffer's reuse waits for. */
-  memset((char *)p->pinned + p->off_counts, 0, p->meta_bytes - p->off_counts);
-  if (p->meta_bytes > p->off_counts &&
-      PAT_CU(ctx->cu, ctx->cu->cuMemcpyHtoDAsync(p->meta + p->off_counts, (char *)p->pinned + p->off_counts,
-                                                 p->meta_bytes - p->off_counts, (CUstream)stream),
-             ctx->err, sizeof ctx->err)) {
-    st = PAT_ERR_CUDA;
-    goto fail;
-  }
+  if (p->merge_grid > 0 && (st = pat_jit_ensure(ctx, ctx->src.count - 1))) goto fail;
   if ((st = pad_and_upload(p, &p->host, &l, stream))) goto fail;
   *out = p;
   return PAT_OK;
@@ -361,7 +348,7 @@ PAT_API pat_status pat_plan_get_info(const pat_plan *p, pat_plan_info *info)
   if (!p || !info) return PAT_ERR_INVALID_ARG;
   info->num_packs = p->host.num_packs;
   info->num_ctas = p->host.num_packs * p->kv_heads;
-  info->num_launches = p->num_launches + (p->merge_grid > 0 && !p->ctx->fused_merge);
+  info->num_launches = p->num_launches + (p->merge_grid > 0);
   info->num_merges = p->host.num_merges;
   info->num_slots = p->host.num_slots;
   info->kv_tokens_read = p->host.kv_tokens_read;

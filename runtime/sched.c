@@ -1138,7 +1138,7 @@ static int assemble(ctx *c, int32_t *cnt, pat_host_plan *plan)
     for (int32_t j = 0; j < p->nq; j++) {
       int32_t q = c->order[p->q_lo + j];
       int32_t slot = slot_base[q] < 0 ? -1 : slot_base[q] + slot_next[q]++;
-      plan->pack_queries[pq++] = (pat_pack_query){q, slot, slot_base[q], cnt[q] > 1 ? cnt[q] : 1};
+      plan->pack_queries[pq++] = (pat_pack_query){q, slot};
     }
   }
   plan->num_queries = n;

@@ -412,18 +412,6 @@ Test(gpu, multi_stream_launches, .timeout = 600)
   unsetenv("PAT_PDL");
 }
 
-/* PAT_MERGE=kernel: split queries merge in a kernel of their own after the forward kernels
-** (every other suite runs the merge at the end of the forward kernels). */
-Test(gpu, merge_kernel_launches, .timeout = 600)
-{
-  skip_without_gpu();
-  static const int gq[] = {1, 4, 8};
-  const char *p = write_spec("merge_kernel", "fp16", 128, 32, "[1, 4, 8]", TILES_64_128);
-  setenv("PAT_MERGE", "kernel", 1);
-  random_trees(p, 32, gq, 3, TOL_FP16, 3);
-  unsetenv("PAT_MERGE");
-}
-
 /* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
 ** left unused when written for another GPU, ignored with PAT_TUNING=off. */
 Test(gpu, tuning_table_beside_the_spec, .timeout = 300)

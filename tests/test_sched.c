@@ -239,18 +239,6 @@ static int check_plan(const pat_batch *b, const pat_spec *s, const pat_host_plan
     slots += m->num_splits;
   }
   cr_assert_eq(slots, p->num_slots, "%s: slots not dense", what);
-  /* every pack entry names its query's slots and splits (the fused merge's arrival count) */
-  for (int i = 0; i < p->num_pack_queries; i++) {
-    const pat_pack_query pq = p->pack_queries[i];
-    if (pq.slot < 0) {
-      cr_assert(pq.first_slot == -1 && pq.splits == 1, "%s: entry %d (query %d, one split): first_slot %d splits %d",
-                what, i, pq.query, pq.first_slot, pq.splits);
-    } else {
-      cr_assert(pq.first_slot == slot_min[pq.query] && pq.splits == nsplit[pq.query],
-                "%s: entry %d (query %d): first_slot %d splits %d, expected %d and %d", what, i, pq.query,
-                pq.first_slot, pq.splits, slot_min[pq.query], nsplit[pq.query]);
-    }
-  }
   for (int q = 0; q < n; q++) {
     cr_assert(nsplit[q] >= 1, "%s: query %d in no pack", what, q);
     cr_assert(nsplit[q] <= (s->split.max_splits > 0 ? s->split.max_splits : 1),

@@ -16,7 +16,6 @@
 
 #include "pat/params.h"
 #include "pat/kv_copy.cuh"
-#include "pat/merge.cuh"
 #include "pat/mma.cuh"
 
 // C provides: Elem (pat_fp16 / pat_bf16), HEAD_DIM, PAGE_SIZE, GQA, TILE_M, TILE_N, WARPS_M,
@@ -286,11 +285,7 @@ struct pat_decode {
       }
     }
 
-    // Stage: epilogue. The fused merge's arrival: thread t holds pack query t (read now, so
-    // that the load overlaps the epilogue; before the loop it would hold registers through it).
-    const pat_pack_query mine = p.merge_counts && tid < pk.num_queries ? p.pack_queries[pk.query_begin + tid]
-                                                                       : pat_pack_query{0, -1, -1, 1};
-    // Drain the pipeline; the ring becomes per-warp fp32 partial results.
+    // Stage: epilogue. Drain the pipeline; the ring becomes per-warp fp32 partial results.
     cp_async_wait<0>();
     __syncthreads();
     // [warps][WARP_ROWS][D] outputs, then [warps][WARP_ROWS] row maxima and sums
@@ -365,9 +360,6 @@ struct pat_decode {
       }
       if (pq.slot >= 0 && lane == 0) p.part_lse[(long long)pq.slot * p.q_heads + head] = m + fast_log2(l);
     }
-    // Stage: the merge of the split queries this CTA completes (the window and Q are free again).
-    static_assert(TILE_MAX_QUERIES <= THREADS, "a thread per pack query");
-    if (p.merge_counts) pat_merge_fused<E, D, C::GQA, THREADS>(p, kvh, mine, reinterpret_cast<int *>(smem));
   }
 
   // Masked packs: whether any query of this warp's rows sees a page of its token slice in
@@ -410,9 +402,6 @@ struct pat_decode {
     }
   }
 
-  // The fused merge's scratch (warp counts, then 3 ints a query) fits the page window and Q.
-  static constexpr int TILE_MAX_QUERIES = C::TILE_M / C::GQA;
-  static_assert((THREADS / 32 + 3 * TILE_MAX_QUERIES) * 4 <= WINDOWS_BYTES + C::TILE_M * D * 2, "merge scratch");
   static constexpr bool Q_REGS = C::Q_IN_REGS && MB == 1;  // two row blocks: no room
   static constexpr int Q_REG_STEPS = Q_REGS ? D / 16 : 1;
   static constexpr int KJ = SLICE_N / 16;  // K fragments (ldmatrix x4) per 16-column slab

@@ -13,7 +13,6 @@
 
 #include "pat/params.h"
 #include "pat/kv_copy.cuh"
-#include "pat/merge.cuh"
 #include "pat/wgmma.cuh"
 
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
@@ -108,9 +107,6 @@ struct pat_decode_wgmma {
       const int r = warp * 16 + (lane >> 2) + 8 * h;
       dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
     }
-    // The fused merge's arrival: thread t holds pack query t.
-    const pat_pack_query mine = p.merge_counts && tid < pk.num_queries ? p.pack_queries[pk.query_begin + tid]
-                                                                       : pat_pack_query{0, -1, -1, 1};
     float o[64];  // O: 64 rows x 128 dims a warpgroup; dims 8j + 2 (lane % 4) + {0, 1} in o[4j ..]
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
@@ -242,8 +238,5 @@ struct pat_decode_wgmma {
       if (pq.slot >= 0 && (lane & 3) == 0)
         p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
     }
-    // Stage: the merge of the split queries this CTA completes, its scratch in the page window.
-    static_assert((THREADS / 32 + 3 * M) * 4 <= PAGE_WINDOW * 4 + Q_BYTES, "merge scratch");
-    if (p.merge_counts) pat_merge_fused<E, D, C::GQA, THREADS>(p, kvh, mine, reinterpret_cast<int *>(smem));
   }
 };

@@ -32,8 +32,6 @@ enum { PAT_PAGE_WINDOW = 256, PAT_MASKED_PAGES = PAT_PAGE_WINDOW / 2 };
 typedef struct pat_pack_query {
   int query;  /* row of q and out */
   int slot;   /* workspace slot, or -1: the query's only split, written straight to out */
-  int first_slot;  /* the query's first slot (slots first_slot .. + splits - 1), or -1 */
-  int splits;      /* the query's number of splits (1: no merge) */
 } pat_pack_query;
 
 /* A query with several splits: merge combines slots slot_begin .. slot_begin+num_splits-1. */
@@ -56,11 +54,6 @@ typedef struct pat_fwd_params {
   const int *pages;       /* page ids, device */
   const unsigned *page_masks;  /* mask words by page index (PAT_MASK_WORD), device; NULL: no
                                ** pack of the plan is masked */
-  /* The merge at the end of the forward kernels (NULL: the merge kernel runs instead). A CTA
-  ** that writes partials counts one arrival per split query in merge_counts[first_slot x
-  ** kv_heads + kv head]; the arrival that completes the query's splits merges its GQA heads
-  ** of that kv head and leaves the count at 0 for the next forward. */
-  unsigned *merge_counts;  /* [slots][kv_heads], device */
   long long q_stride;     /* elements */
   long long o_stride;     /* elements */
   int q_heads;            /* kv_heads x GQA */
