@@ -7,8 +7,9 @@
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
-#   readings  the numbers README.md quotes, for one GPU: quick suites, patbench (100 runs a
-#             case), FlashInfer (carried wheels), the chart with this GPU model's peers
+#   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
+#             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
+#             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -99,7 +100,7 @@ readings)
   # The published numbers of one GPU in one call (about 7 minutes): the quick GPU suites,
   # all trees x heads at 100 runs a case, FlashInfer when its wheels are carried, and the
   # chart with the peers already measured on this GPU model (bench/results/peers-*MODEL-*).
-  quick_tests 2>&1 | tee "$out/readings-tests-$tag.log"
+  [ "${QUICK:-1}" = 1 ] && quick_tests 2>&1 | tee "$out/readings-tests-$tag.log"
   timeout 300 build/gpu/patbench --iters 100 --check 4 --out "$out/patbench-$tag.jsonl" \
     > "$out/patbench-$tag.txt" 2>&1; tail -14 "$out/patbench-$tag.txt"
   flashinfer_wheels
@@ -107,6 +108,13 @@ readings)
     --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -24
   $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-*${tag%%-*}-*.jsonl \
     $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
+  if [ "${TUNE:-0}" = 1 ]; then
+    # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
+    timeout 160 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
+    cp specs/default.tune.*.yaml "$out/"
+    timeout $((590 - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
+      > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
+  fi
   ;;
 final)
   # The quick GPU suites (all but the long paper-tree sweep), old vs new kernels on small
@@ -118,7 +126,7 @@ final)
       ab_trees 2>&1 | tee "$out/final-ab-$tag.log"
   fi
   timeout 170 build/gpu/pattune --iters 15 2>&1 | tee "$out/final-tune-$tag.log" | grep -v "^pattune: gqa"
-  cp specs/default.tune.yaml "$out/default.tune.yaml" 2>/dev/null
+  cp specs/default.tune.*.yaml "$out/" 2>/dev/null
   left=$((575 - SECONDS))
   timeout $left build/gpu/patbench --spec specs/default.yaml --iters 50 --out "$out/patbench-tuned-$tag.jsonl" 2>&1 | tee "$out/patbench-tuned-$tag.txt" | tail -16
   ;;
@@ -199,7 +207,7 @@ variants)
 tune)
   # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
   timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
-  cp specs/default.tune.yaml "$out/default.tune-$tag.yaml"
+  cp specs/default.tune.*.yaml "$out/"
   for t in on off; do
     [ $t = off ] && export PAT_TUNING=off
     timeout 140 build/gpu/patbench --spec specs/default.yaml --iters 30 --check 4 \

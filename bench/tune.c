@@ -38,8 +38,9 @@ static void usage(void)
     "               [--out FILE]\n"
     "  sweeps split policies, the planner's mma weight and tile choices for SPEC (default\n"
     "  specs/default.yaml) with the tiles of SPEC and SPEC2 (default specs/paper.yaml) on the\n"
-    "  paper's 20 trees, and writes the tuning table (default: SPEC's name with .tune.yaml)\n"
-    "  for this GPU\n");
+    "  paper's 20 trees, and writes the tuning table for this GPU (default: SPEC's name with\n"
+    "  .tune.GPU.yaml, e.g. specs/default.tune.h100-80gb-hbm3.yaml, which contexts on this GPU\n"
+    "  model read before SPEC's .tune.yaml)\n");
 }
 
 /* Heads of the paper's configurations for a GQA ratio: 32/32, 16/8, 32/8, 64/8; else 8g/8. */
@@ -192,7 +193,6 @@ int main(int argc, char **argv)
   }
   const pat_spec base = spec;
   add_candidates(&spec, &cand);
-  if (!out_path) { pat_tuning_path(spec_path, path, sizeof path); out_path = path; }
 
   pat_context_desc d = {.spec_path = spec_path, .progress = 1};
   pat_status st = pat_context_create_spec(&d, &spec, &t.ctx, err, sizeof err);
@@ -200,6 +200,7 @@ int main(int argc, char **argv)
   pat_spec *live = &t.ctx->spec;  /* what plans are built from: changed between runs */
   char gpu[128];
   pat_context_device(t.ctx, NULL, NULL, gpu, sizeof gpu);
+  if (!out_path) { pat_tuning_path(spec_path, gpu, path, sizeof path); out_path = path; }
   fprintf(stderr, "pattune: %s, spec %s + %d candidate tiles, %d trees, %d iters, seed %llu\n", gpu, spec_path,
           spec.num_tiles - base.num_tiles, t.ntrees, t.iters, seed);
 

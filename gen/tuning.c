@@ -1,6 +1,7 @@
 /* tuning.c: applying tuning tables to specs, their place beside the spec, and writing them. */
 #include "tuning.h"
 
+#include <ctype.h>
 #include <string.h>
 
 #include "tile.h"
@@ -56,14 +57,23 @@ int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen)
   return 0;
 }
 
-void pat_tuning_path(const char *spec_path, char *out, size_t n)
+void pat_tuning_path(const char *spec_path, const char *gpu, char *out, size_t n)
 {
   size_t len = strlen(spec_path);
   const char *ext = strrchr(spec_path, '.');
   const char *slash = strrchr(spec_path, '/');
   if (ext && (!slash || ext > slash) && (!strcmp(ext, ".yaml") || !strcmp(ext, ".yml")))
     len = (size_t)(ext - spec_path);
-  snprintf(out, n, "%.*s.tune.yaml", (int)len, spec_path);
+  char slug[96] = "";
+  size_t k = 0;
+  if (gpu && !strncmp(gpu, "NVIDIA ", 7)) gpu += 7;
+  for (const char *c = gpu; c && *c && k + 2 < sizeof slug; c++) {
+    if (isalnum((unsigned char)*c)) slug[k++] = (char)tolower((unsigned char)*c);
+    else if (k && slug[k - 1] != '-') slug[k++] = '-';
+  }
+  while (k && slug[k - 1] == '-') k--;
+  slug[k] = 0;
+  snprintf(out, n, "%.*s.tune%s%s.yaml", (int)len, spec_path, k ? "." : "", slug);
 }
 
 int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)

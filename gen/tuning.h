@@ -20,8 +20,10 @@ int pat_token_class(int tokens);
 ** message naming t's file, leaving *s untouched. */
 int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen);
 
-/* The table beside a spec file: "specs/x.yaml" -> "specs/x.tune.yaml". */
-void pat_tuning_path(const char *spec_path, char *out, size_t n);
+/* The table beside a spec file: "specs/x.yaml" -> "specs/x.tune.yaml"; with a GPU name, that
+** GPU's own: "NVIDIA H100 80GB HBM3" -> "specs/x.tune.h100-80gb-hbm3.yaml" (lower case, the
+** vendor dropped, runs of other characters as one '-'). */
+void pat_tuning_path(const char *spec_path, const char *gpu, char *out, size_t n);
 
 /* Writes t as YAML, with `comment` (lines, may be NULL) as '#' lines at the top. Returns 0,
 ** or -1 with errno set. */

@@ -78,8 +78,9 @@ static pat_status create_failed(pat_context *ctx, pat_status st, char *msg, size
   return st;
 }
 
-/* Applies the tuning table beside the spec, or $PAT_TUNING's ("off": none). A table measured
-** on another GPU is left unused (the note says so); a broken or mismatched one is an error. */
+/* Applies the tuning table beside the spec, or $PAT_TUNING's ("off": none): this GPU's own
+** (NAME.tune.GPU.yaml) when there is one, else NAME.tune.yaml. A table measured on another
+** GPU is left unused (the note says so); a broken or mismatched one is an error. */
 static pat_status apply_tuning(pat_context *ctx, const char *spec_path)
 {
   const char *env = getenv("PAT_TUNING");
@@ -89,8 +90,12 @@ static pat_status apply_tuning(pat_context *ctx, const char *spec_path)
     snprintf(ctx->tuning, nl, "none ($PAT_TUNING=off): cost model");
     return PAT_OK;
   }
-  if (env && *env) snprintf(path, sizeof path, "%s", env);
-  else pat_tuning_path(spec_path, path, sizeof path);
+  if (env && *env) {
+    snprintf(path, sizeof path, "%s", env);
+  } else {
+    pat_tuning_path(spec_path, ctx->device_name, path, sizeof path);
+    if (access(path, F_OK) != 0) pat_tuning_path(spec_path, NULL, path, sizeof path);
+  }
   if (!(env && *env) && access(path, F_OK) != 0) {
     snprintf(ctx->tuning, nl, "none (no %s): cost model", path);
     return PAT_OK;

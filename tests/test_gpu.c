@@ -9,6 +9,7 @@
 #include "harness.h"
 #include "pat.h"
 #include "tree.h"
+#include "tuning.h"
 
 /* Tolerances on ||out - ref|| / ||ref||: the output is rounded to the dtype, and P is rounded
 ** to the dtype before the P.V product, so bf16 (8 mantissa bits) gets the looser bound. */
@@ -413,7 +414,8 @@ Test(gpu, multi_stream_launches, .timeout = 600)
 }
 
 /* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
-** left unused when written for another GPU, ignored with PAT_TUNING=off. */
+** left unused when written for another GPU, passed over for this GPU's own table, ignored
+** with PAT_TUNING=off. */
 Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
 {
   skip_without_gpu();
@@ -454,6 +456,18 @@ Test(gpu, tuning_table_beside_the_spec, .timeout = 300)
     pat_workload_free(&w);
     pat_context_destroy(ctx);
   }
+  /* This GPU's own table (NAME.tune.GPU.yaml) comes before NAME.tune.yaml (another GPU's now). */
+  char own[512];
+  pat_tuning_path(spec, gpu, own, sizeof own);
+  FILE *f = fopen(own, "w");
+  cr_assert_not_null(f, "%s", own);
+  fprintf(f, "spec: tuned\ngpu: \"%s\"\nsplit: {min_kv_per_split: 64, max_splits: 4, ctas_per_sm: 2}\n", gpu);
+  fclose(f);
+  pat_context *mine = open_ctx(spec);
+  cr_assert(strstr(pat_context_tuning(mine), own) && strstr(pat_context_tuning(mine), "split 64 tokens / 4 per query"),
+            "%s", pat_context_tuning(mine));
+  pat_context_destroy(mine);
+  remove(own);
   setenv("PAT_TUNING", "off", 1);
   pat_context *off = open_ctx(spec);
   cr_assert(strstr(pat_context_tuning(off), "PAT_TUNING=off"), "%s", pat_context_tuning(off));

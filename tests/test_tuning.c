@@ -150,12 +150,25 @@ Test(tuning, classes)
 Test(tuning, path_beside_the_spec)
 {
   char p[256];
-  pat_tuning_path("specs/default.yaml", p, sizeof p);
+  pat_tuning_path("specs/default.yaml", NULL, p, sizeof p);
   cr_assert_str_eq(p, "specs/default.tune.yaml");
-  pat_tuning_path("a.b/spec.yml", p, sizeof p);
+  pat_tuning_path("a.b/spec.yml", NULL, p, sizeof p);
   cr_assert_str_eq(p, "a.b/spec.tune.yaml");
-  pat_tuning_path("a.b/spec", p, sizeof p);
+  pat_tuning_path("a.b/spec", NULL, p, sizeof p);
   cr_assert_str_eq(p, "a.b/spec.tune.yaml");
+}
+
+Test(tuning, path_of_one_gpu)
+{
+  char p[256];
+  pat_tuning_path("specs/default.yaml", "NVIDIA H100 80GB HBM3", p, sizeof p);
+  cr_assert_str_eq(p, "specs/default.tune.h100-80gb-hbm3.yaml");
+  pat_tuning_path("specs/default.yaml", "NVIDIA H200", p, sizeof p);
+  cr_assert_str_eq(p, "specs/default.tune.h200.yaml");
+  pat_tuning_path("x.yaml", "  A100-SXM4 (40GB) ", p, sizeof p);
+  cr_assert_str_eq(p, "x.tune.a100-sxm4-40gb.yaml");
+  pat_tuning_path("x.yaml", "", p, sizeof p);
+  cr_assert_str_eq(p, "x.tune.yaml");
 }
 
 /* The table as pat_tuning_write writes it, with `comment`: a malloc'd string. */
