@@ -112,7 +112,7 @@ readings)
     # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
     timeout 160 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
     cp specs/default.tune.*.yaml "$out/"
-    timeout $((590 - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
+    timeout $((560 - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
       > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
   fi
   ;;
