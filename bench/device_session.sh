@@ -9,7 +9,8 @@
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
-#             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table
+#             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
+#             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -101,16 +102,18 @@ readings)
   # all trees x heads at 100 runs a case, FlashInfer when its wheels are carried, and the
   # chart with the peers already measured on this GPU model (bench/results/peers-*MODEL-*).
   [ "${QUICK:-1}" = 1 ] && quick_tests 2>&1 | tee "$out/readings-tests-$tag.log"
-  timeout 300 build/gpu/patbench --iters 100 --check 4 --out "$out/patbench-$tag.jsonl" \
+  timeout 300 build/gpu/patbench --iters ${ITERS:-100} --check 4 --out "$out/patbench-$tag.jsonl" \
     > "$out/patbench-$tag.txt" 2>&1; tail -14 "$out/patbench-$tag.txt"
-  flashinfer_wheels
-  timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
-    --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -24
+  if [ "${FI:-1}" = 1 ]; then
+    flashinfer_wheels
+    timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
+      --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -24
+  fi
   $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-*${tag%%-*}-*.jsonl \
     $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
   if [ "${TUNE:-0}" = 1 ]; then
     # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
-    timeout 160 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
+    timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
     cp specs/default.tune.*.yaml "$out/"
     timeout $((560 - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
       > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
