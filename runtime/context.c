@@ -157,6 +157,7 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
     return PAT_ERR_NO_MEMORY;
   }
   pthread_mutex_init(&ctx->jit_lock, NULL);
+  pthread_mutex_init(&ctx->plan_lock, NULL);
   ctx->device = d->device;
   ctx->progress = d->progress;
   ctx->num_streams = d->num_streams > 0 ? d->num_streams : 4;
@@ -255,5 +256,7 @@ PAT_API void pat_context_destroy(pat_context *ctx)
   free(ctx->kernels);
   pat_kernel_set_free(&ctx->src);
   pthread_mutex_destroy(&ctx->jit_lock);
+  pat_sched_scratch_free(&ctx->plan_scratch);
+  pthread_mutex_destroy(&ctx->plan_lock);
   free(ctx);
 }

@@ -32,6 +32,10 @@ struct pat_context {
   char cache_dir[1024];    /* "" when the disk cache is off */
   int progress;
   pthread_mutex_t jit_lock;  /* guards lazy compilation */
+  pthread_mutex_t plan_lock;  /* guards plan_scratch and plan_scratch_busy */
+  pat_sched_scratch plan_scratch;  /* pat_plan_create's working buffers and the arrays of
+                                      destroyed plans, for the next build (its largest kept) */
+  int plan_scratch_busy;     /* a build is using plan_scratch: others take fresh buffers */
   int chain;               /* 1: pat_forward's launches chain on the caller's stream with
                               programmatic dependent launch (sm_90+, unless PAT_PDL=off) */
   int num_streams;         /* else tile groups fork onto these and join back */

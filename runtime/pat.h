@@ -114,11 +114,15 @@ typedef struct pat_batch_desc {
 ** seq_len beyond its block-table row, zero queries, head counts the spec does not build
 ** return PAT_ERR_INVALID_ARG with the detail in pat_last_error(ctx).
 ** A context may be shared by threads for plan creation if each thread uses its own plans,
-** but pat_last_error is then per context, not per thread. */
+** but pat_last_error is then per context, not per thread. The context keeps the scheduler's
+** working buffers (of the largest batch so far) and the host arrays of the last destroyed
+** plan for the next pat_plan_create, so that a plan per step reuses memory; a build that
+** finds them in use by another thread takes fresh ones. */
 PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *batch, pat_stream stream,
                                    pat_plan **out);
 
-/* Destroys a plan (waits for its upload). NULL is a no-op. */
+/* Destroys a plan (waits for its upload); its host arrays serve the context's next
+** pat_plan_create. NULL is a no-op. */
 PAT_API void pat_plan_destroy(pat_plan *plan);
 
 /* Plan facts for reports: packs, CTAs of the forward launches, launches, queries with

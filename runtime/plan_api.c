@@ -53,6 +53,35 @@ static pat_status schedule(pat_context *ctx, const pat_batch_desc *b, int gqa, p
   return PAT_OK;
 }
 
+/* The context's scheduler scratch for one build, or NULL (fresh buffers) while another
+** thread's build holds it. Plans built one after another on a context, each destroyed
+** before the next or soon after, reuse memory instead of taking fresh pages every step. */
+static pat_sched_scratch *take_scratch(pat_context *ctx)
+{
+  pthread_mutex_lock(&ctx->plan_lock);
+  pat_sched_scratch *s = ctx->plan_scratch_busy ? NULL : &ctx->plan_scratch;
+  ctx->plan_scratch_busy = 1;
+  pthread_mutex_unlock(&ctx->plan_lock);
+  return s;
+}
+
+static void give_back_scratch(pat_context *ctx, pat_sched_scratch *s)
+{
+  if (!s) return;
+  pthread_mutex_lock(&ctx->plan_lock);
+  ctx->plan_scratch_busy = 0;
+  pthread_mutex_unlock(&ctx->plan_lock);
+}
+
+/* A destroyed plan's host arrays go to the context's scratch (when no build holds it). */
+static void recycle_host_plan(pat_context *ctx, pat_host_plan *h)
+{
+  pthread_mutex_lock(&ctx->plan_lock);
+  if (ctx->plan_scratch_busy) pat_host_plan_free(h);
+  else pat_sched_scratch_recycle(&ctx->plan_scratch, h);
+  pthread_mutex_unlock(&ctx->plan_lock);
+}
+
 /* A new plan shell for ctx and b's heads. */
 static pat_plan *plan_new(pat_context *ctx, const pat_batch_desc *b, int gqa)
 {
@@ -91,7 +120,10 @@ PAT_API pat_status pat_plan_create(pat_context *ctx, const pat_batch_desc *b, pa
   if (st) return st;
   pat_plan *p = plan_new(ctx, b, gqa);
   if (!p) return pat_fail(ctx, PAT_ERR_NO_MEMORY, "out of memory");
-  if ((st = schedule(ctx, b, gqa, NULL, &p->host, &p->build_us))) {
+  pat_sched_scratch *sc = take_scratch(ctx);
+  st = schedule(ctx, b, gqa, sc, &p->host, &p->build_us);
+  give_back_scratch(ctx, sc);
+  if (st) {
     free(p);
     return st;
   }
@@ -338,7 +370,8 @@ PAT_API void pat_plan_destroy(pat_plan *p)
   if (p->own_ws) cu->cuMemFree(p->own_ws);
   if (p->meta) cu->cuMemFree(p->meta);
   if (p->pinned) cu->cuMemFreeHost(p->pinned);
-  pat_host_plan_free(&p->host);
+  if (p->capacity) pat_host_plan_free(&p->host);
+  else recycle_host_plan(p->ctx, &p->host);
   pat_sched_scratch_free(&p->scratch);
   free(p);
 }
