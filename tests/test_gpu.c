@@ -1,6 +1,7 @@
 /* test_gpu.c: every kernel path on the GPU against the CPU fp32 reference, on fresh random
 ** data with the output poisoned first. Without a CUDA driver every test skips, saying why. */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -397,6 +398,72 @@ Test(gpu, masked_packs, .timeout = 300)
     harness_destroy(h);
     pat_workload_free(&w);
   }
+  pat_context_destroy(ctx);
+}
+
+/* Plans of one context made by two threads at once: a build holds the context's scheduler
+** buffers, a build beside it takes fresh ones, and destroyed plans hand their arrays back;
+** every plan must equal the plan of the same batch made alone. */
+enum { SHARED_TREES = 3, SHARED_ROUNDS = 20 };
+typedef struct plan_job {
+  pat_context *ctx;
+  const pat_batch_desc *batch;  /* SHARED_TREES */
+  const pat_plan_info *want;    /* SHARED_TREES */
+  int first;                    /* tree to start from: the threads interleave */
+  int bad;
+  char why[256];
+} plan_job;
+
+static void *make_plans(void *arg)
+{
+  plan_job *j = arg;
+  for (int r = 0; r < SHARED_ROUNDS * SHARED_TREES; r++) {
+    int i = (j->first + r) % SHARED_TREES;
+    pat_plan *p = NULL;
+    pat_plan_info pi;
+    if (pat_plan_create(j->ctx, &j->batch[i], NULL, &p) || pat_plan_get_info(p, &pi)) {
+      snprintf(j->why, sizeof j->why, "tree %d: plan failed", i);
+      j->bad++;
+    } else if (pi.num_packs != j->want[i].num_packs || pi.num_merges != j->want[i].num_merges ||
+               pi.num_slots != j->want[i].num_slots || pi.kv_tokens_read != j->want[i].kv_tokens_read ||
+               pi.num_masked_packs != j->want[i].num_masked_packs) {
+      snprintf(j->why, sizeof j->why, "tree %d: %d packs %d merges %lld read, alone %d %d %lld", i, pi.num_packs,
+               pi.num_merges, pi.kv_tokens_read, j->want[i].num_packs, j->want[i].num_merges,
+               j->want[i].kv_tokens_read);
+      j->bad++;
+    }
+    pat_plan_destroy(p);
+  }
+  return NULL;
+}
+
+Test(gpu, plans_from_two_threads, .timeout = 300)
+{
+  skip_without_gpu();
+  pat_context *ctx = open_ctx("specs/default.yaml");
+  static const char *const trees[SHARED_TREES] = {"1,1024_2048,32", "1,256_256,32",
+                                                  "1,16,32,64,128,1024_256,128,64,32,32,32"};
+  pat_workload w[SHARED_TREES];
+  pat_batch_desc b[SHARED_TREES];
+  pat_plan_info want[SHARED_TREES];
+  for (int i = 0; i < SHARED_TREES; i++) {
+    w[i] = parse_tree(trees[i], 32, 90 + (uint64_t)i);
+    b[i] = (pat_batch_desc){.num_queries = w[i].num_queries, .seq_lens = w[i].seq_lens,
+                            .block_table = w[i].block_table, .block_table_stride = w[i].stride,
+                            .num_pages = w[i].num_pages, .q_heads = 32, .kv_heads = 8, .mode = PAT_MODE_PREFIX};
+    pat_plan *p = NULL;
+    cr_assert_eq(pat_plan_create(ctx, &b[i], NULL, &p), PAT_OK, "%s: %s", trees[i], pat_last_error(ctx));
+    cr_assert_eq(pat_plan_get_info(p, &want[i]), PAT_OK);
+    pat_plan_destroy(p);
+  }
+  plan_job job[2] = {{ctx, b, want, 0, 0, ""}, {ctx, b, want, 1, 0, ""}};
+  pthread_t th[2];
+  for (int t = 0; t < 2; t++) cr_assert_eq(pthread_create(&th[t], NULL, make_plans, &job[t]), 0);
+  for (int t = 0; t < 2; t++) pthread_join(th[t], NULL);
+  for (int t = 0; t < 2; t++) cr_expect_eq(job[t].bad, 0, "thread %d: %d bad plans; last: %s", t, job[t].bad, job[t].why);
+  /* and a forward after all that, on recycled arrays */
+  check_workload(ctx, &w[1], 32, 8, TOL_FP16, "after the threads", 0);
+  for (int i = 0; i < SHARED_TREES; i++) pat_workload_free(&w[i]);
   pat_context_destroy(ctx);
 }
 
