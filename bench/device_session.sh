@@ -22,6 +22,7 @@
 #   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
 #             (old kernels, when carried), build/gpu, and every spec in SPECS (e.g. variants)
 #   pdl       the quick GPU suites, then the subset with PAT_PDL=off (forked streams) and on
+#   leafheads 1-page leaves streamed with 1, 2, 4 or 8 kv heads a CTA (bench/leaf_heads/)
 #   sass      ncu source counters (stall samples per SASS instruction) of the kernels of one
 #             case (CASE, default 1,256_256,32:64/8), summarised by bench/ncu_sass_summary.py
 set -u -o pipefail
@@ -176,6 +177,12 @@ pdl)
       --iters 50 --check 2 --out "$out/pdl-$v-$tag.jsonl" 2>&1 | tee "$out/pdl-$v-$tag.txt" | grep -E 'geomean|fail')"
   done
   ;;
+leafheads)
+  # The memory side of leaf CTAs that take several kv heads (bench/leaf_heads/leaf_heads.cu,
+  # built here or carried as build/leaf_heads).
+  [ -x build/leaf_heads ] || nvcc -std=c++17 -O2 -arch=sm_90 bench/leaf_heads/leaf_heads.cu -o build/leaf_heads
+  timeout 200 build/leaf_heads 2>&1 | tee "$out/leaf-heads-$tag.log"
+  ;;
 sass)
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   case=${CASE:-1,256_256,32:64/8}
@@ -218,5 +225,5 @@ tune)
     unset PAT_TUNING
   done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|subset|pdl|order|sass|leafheads"; exit 2 ;;
 esac
