@@ -58,9 +58,12 @@ static pat_status schedule(pat_context *ctx, const pat_batch_desc *b, int gqa, p
 ** before the next or soon after, reuse memory instead of taking fresh pages every step. */
 static pat_sched_scratch *take_scratch(pat_context *ctx)
 {
+  pat_sched_scratch *s = NULL;
   pthread_mutex_lock(&ctx->plan_lock);
-  pat_sched_scratch *s = ctx->plan_scratch_busy ? NULL : &ctx->plan_scratch;
-  ctx->plan_scratch_busy = 1;
+  if (!ctx->plan_scratch_busy) {
+    ctx->plan_scratch_busy = 1;
+    s = &ctx->plan_scratch;
+  }
   pthread_mutex_unlock(&ctx->plan_lock);
   return s;
 }

@@ -8,17 +8,7 @@
 // so that L2 holds none of them.
 // Build: nvcc -std=c++17 -O2 -arch=sm_90 bench/leaf_heads/leaf_heads.cu -o build/leaf_heads
 // Run:   build/leaf_heads [NQ ...]   (default 256 1024 2048; 8 kv heads, head_dim 128, page 32)
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { \
-  fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); exit(1); } } while (0)
+#include "../probe_host.h"  // CK, the CUDA headers, the C++ library
 
 namespace {
 constexpr int D = 128, PAGE = 32, KVH = 8, GROUP = 64;  // GROUP: threads per head, as the m16 tile
