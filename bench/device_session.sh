@@ -10,7 +10,8 @@
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
-#             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160)
+#             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160), DEADLINE
+#             (the second the tuned patbench must end by, counted from the script's start: 560)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -116,7 +117,7 @@ readings)
     # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
     timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
     cp specs/default.tune.*.yaml "$out/"
-    timeout $((560 - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
+    timeout $((${DEADLINE:-560} - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
       > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
   fi
   ;;
