@@ -23,6 +23,7 @@ struct harness {
   CUdeviceptr q, k, v, out, flush;
   size_t flush_bytes;
   int skip_plan_timing;  /* harness_time_plans(h, 0) */
+  int borrows_kv, borrows_flush;  /* buffers of another harness (harness_create_sharing) */
 };
 
 static float half_to_float(uint16_t h)
@@ -132,11 +133,11 @@ static void fill_random(const harness *h, uint16_t *dst, size_t n, uint64_t seed
 
 #define CK(call) PAT_CU(h->cu, call, err, errlen)
 
-/* Buffers for max_queries queries and max_pages pages; h->w set by the caller. */
-/* The host side: sizes and random q, K, V (no device, no context). */
+/* The host side: sizes and random q, K, V (no device, no context). With share (same
+** workload and kv heads), K and V are share's, not drawn again. */
 static harness *create_host(const pat_workload *w, int32_t max_queries, int32_t max_pages, int32_t page_size,
-                            int q_heads, int kv_heads, int head_dim, int bf16, uint64_t seed, char *err,
-                            size_t errlen)
+                            int q_heads, int kv_heads, int head_dim, int bf16, uint64_t seed,
+                            const harness *share, char *err, size_t errlen)
 {
   harness *h = calloc(1, sizeof *h);
   if (!h) {
@@ -153,38 +154,51 @@ static harness *create_host(const pat_workload *w, int32_t max_queries, int32_t 
   h->page_size = page_size;
   h->q_elems = (size_t)max_queries * q_heads * h->head_dim;
   h->kv_elems = (size_t)max_pages * page_size * kv_heads * h->head_dim;
+  h->borrows_kv = share != NULL;
   h->hq = malloc(h->q_elems * 2);
   h->hout = malloc(h->q_elems * 2);
-  h->hk = malloc(h->kv_elems * 2);
-  h->hv = malloc(h->kv_elems * 2);
+  h->hk = share ? share->hk : malloc(h->kv_elems * 2);
+  h->hv = share ? share->hv : malloc(h->kv_elems * 2);
   if (!h->hq || !h->hout || !h->hk || !h->hv) {
     snprintf(err, errlen, "out of host memory for %zu KV elements", h->kv_elems);
     harness_destroy(h);
     return NULL;
   }
   fill_random(h, h->hq, h->q_elems, seed * 3 + 1);
-  fill_random(h, h->hk, h->kv_elems, seed * 3 + 2);
-  fill_random(h, h->hv, h->kv_elems, seed * 3 + 3);
+  if (!share) {
+    fill_random(h, h->hk, h->kv_elems, seed * 3 + 2);
+    fill_random(h, h->hv, h->kv_elems, seed * 3 + 3);
+  }
   return h;
 }
 
-/* Host buffers for max_queries queries and max_pages pages, then their device copies. */
+/* Host buffers for max_queries queries and max_pages pages, then their device copies. With
+** share: its flush buffer, and its K and V when share_kv. */
 static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t max_queries, int32_t max_pages,
-                             int32_t page_size, int q_heads, int kv_heads, uint64_t seed, char *err,
-                             size_t errlen)
+                             int32_t page_size, int q_heads, int kv_heads, uint64_t seed, const harness *share,
+                             int share_kv, char *err, size_t errlen)
 {
   harness *h = create_host(w, max_queries, max_pages, page_size, q_heads, kv_heads, ctx->spec.head_dim,
-                           ctx->spec.dtype == PAT_BF16, seed, err, errlen);
+                           ctx->spec.dtype == PAT_BF16, seed, share_kv ? share : NULL, err, errlen);
   if (!h) return NULL;
   h->ctx = ctx;
   h->cu = ctx->cu;
   h->flush_bytes = (size_t)256 << 20; /* several times any L2 */
+  if (share) {
+    h->flush = share->flush;
+    h->borrows_flush = 1;
+  }
+  if (share_kv) {
+    h->k = share->k;
+    h->v = share->v;
+  }
   if (CK(h->cu->cuCtxSetCurrent(ctx->cuctx)) || CK(h->cu->cuMemAlloc(&h->q, h->q_elems * 2)) ||
-      CK(h->cu->cuMemAlloc(&h->out, h->q_elems * 2)) || CK(h->cu->cuMemAlloc(&h->k, h->kv_elems * 2)) ||
-      CK(h->cu->cuMemAlloc(&h->v, h->kv_elems * 2)) || CK(h->cu->cuMemAlloc(&h->flush, h->flush_bytes)) ||
-      CK(h->cu->cuMemcpyHtoD(h->q, h->hq, h->q_elems * 2)) ||
-      CK(h->cu->cuMemcpyHtoD(h->k, h->hk, h->kv_elems * 2)) ||
-      CK(h->cu->cuMemcpyHtoD(h->v, h->hv, h->kv_elems * 2))) {
+      CK(h->cu->cuMemAlloc(&h->out, h->q_elems * 2)) ||
+      (!share_kv && (CK(h->cu->cuMemAlloc(&h->k, h->kv_elems * 2)) || CK(h->cu->cuMemAlloc(&h->v, h->kv_elems * 2)) ||
+                     CK(h->cu->cuMemcpyHtoD(h->k, h->hk, h->kv_elems * 2)) ||
+                     CK(h->cu->cuMemcpyHtoD(h->v, h->hv, h->kv_elems * 2)))) ||
+      (!share && CK(h->cu->cuMemAlloc(&h->flush, h->flush_bytes))) ||
+      CK(h->cu->cuMemcpyHtoD(h->q, h->hq, h->q_elems * 2))) {
     harness_destroy(h);
     return NULL;
   }
@@ -194,8 +208,8 @@ static harness *create_sized(pat_context *ctx, const pat_workload *w, int32_t ma
 harness *harness_create_host(const pat_workload *w, int q_heads, int kv_heads, int head_dim, int bf16,
                              uint64_t seed, char *err, size_t errlen)
 {
-  return create_host(w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, head_dim, bf16, seed, err,
-                     errlen);
+  return create_host(w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, head_dim, bf16, seed, NULL,
+                     err, errlen);
 }
 
 uint16_t *harness_host_out(harness *h)
@@ -211,7 +225,21 @@ void harness_store(const harness *h, float f, uint16_t *dst)
 harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads,
                         uint64_t seed, char *err, size_t errlen)
 {
-  return create_sized(ctx, w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, seed, err, errlen);
+  return create_sized(ctx, w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, seed, NULL, 0, err,
+                      errlen);
+}
+
+harness *harness_create_sharing(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads, uint64_t seed,
+                                const harness *share, char *err, size_t errlen)
+{
+  if (!share) return harness_create(ctx, w, q_heads, kv_heads, seed, err, errlen);
+  if (share->ctx != ctx) {
+    snprintf(err, errlen, "harness_create_sharing: the harness shared is of another context");
+    return NULL;
+  }
+  const int share_kv = share->w == w && share->kv_heads == kv_heads;
+  return create_sized(ctx, w, w->num_queries, w->num_pages, w->page_size, q_heads, kv_heads, seed, share, share_kv,
+                      err, errlen);
 }
 
 harness *harness_create_sized(pat_context *ctx, int32_t max_queries, int32_t max_pages, int q_heads,
@@ -221,8 +249,8 @@ harness *harness_create_sized(pat_context *ctx, int32_t max_queries, int32_t max
     snprintf(err, errlen, "harness_create_sized: %d queries, %d pages", max_queries, max_pages);
     return NULL;
   }
-  return create_sized(ctx, NULL, max_queries, max_pages, ctx->spec.page_size, q_heads, kv_heads, seed, err,
-                      errlen);
+  return create_sized(ctx, NULL, max_queries, max_pages, ctx->spec.page_size, q_heads, kv_heads, seed, NULL, 0,
+                      err, errlen);
 }
 
 int harness_set_workload(harness *h, const pat_workload *w, char *err, size_t errlen)
@@ -264,13 +292,16 @@ void harness_destroy(harness *h)
   if (!h) return;
   if (h->cu) {
     h->cu->cuCtxSetCurrent(h->ctx->cuctx);
-    CUdeviceptr bufs[] = {h->q, h->out, h->k, h->v, h->flush};
+    CUdeviceptr bufs[] = {h->q, h->out, h->borrows_kv ? 0 : h->k, h->borrows_kv ? 0 : h->v,
+                          h->borrows_flush ? 0 : h->flush};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
       if (bufs[i]) h->cu->cuMemFree(bufs[i]);
   }
   free(h->hq);
-  free(h->hk);
-  free(h->hv);
+  if (!h->borrows_kv) {
+    free(h->hk);
+    free(h->hv);
+  }
   free(h->hout);
   free(h);
 }

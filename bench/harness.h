@@ -28,6 +28,13 @@ harness *harness_create(pat_context *ctx, const pat_workload *w, int q_heads, in
                         uint64_t seed, char *err, size_t errlen);
 void harness_destroy(harness *h);
 
+/* Like harness_create, with fresh q but share's flush buffer and, when w is share's workload
+** with the same kv_heads, share's K and V caches: several head shapes of a large workload then
+** fit the device together. share (NULL: harness_create), and the harnesses whose buffers it
+** borrows, must outlive the harness made. */
+harness *harness_create_sharing(pat_context *ctx, const pat_workload *w, int q_heads, int kv_heads, uint64_t seed,
+                                const harness *share, char *err, size_t errlen);
+
 /* Like harness_create, for any workload of at most max_queries queries and max_pages pages
 ** of the spec's page size: set one with harness_set_workload before checking. */
 harness *harness_create_sized(pat_context *ctx, int32_t max_queries, int32_t max_pages, int q_heads,

@@ -212,8 +212,21 @@ int main(int argc, char **argv)
     for (int gi = 0; gi < spec.num_gqa; gi++) {
       int qh, kvh;
       heads_for(spec.gqa[gi], &qh, &kvh);
-      t.h[gi][i] = harness_create(t.ctx, &t.work[i], qh, kvh, seed * 7919 + (unsigned)(i * 16 + gi), err, sizeof err);
-      if (!t.h[gi][i]) { fprintf(stderr, "pattune: %s %d/%d: %s\n", t.trees[i], qh, kvh, err); return 1; }
+      /* One flush buffer for all, and one K/V cache per tree and kv head count: the paper's
+      ** trees at four head shapes are ~70 GB of caches otherwise, more than an H100 holds. */
+      const harness *share = i || gi ? t.h[0][0] : NULL;
+      for (int gj = 0; gj < gi; gj++) {
+        int qj, kvj;
+        heads_for(spec.gqa[gj], &qj, &kvj);
+        if (kvj == kvh) { share = t.h[gj][i]; break; }
+      }
+      t.h[gi][i] = harness_create_sharing(t.ctx, &t.work[i], qh, kvh, seed * 7919 + (unsigned)(i * 16 + gi), share,
+                                          err, sizeof err);
+      if (!t.h[gi][i]) {
+        fprintf(stderr, "pattune: %s %d/%d: %s (--trees and a spec of fewer gqa ratios tune on less)\n", t.trees[i],
+                qh, kvh, err);
+        return 1;
+      }
       harness_time_plans(t.h[gi][i], 0);
     }
   }
@@ -322,8 +335,8 @@ int main(int argc, char **argv)
   }
   fprintf(stderr, "pattune: %ld timed configurations; wrote %s (%d tile choices)\n%s", t.runs, out_path,
           tab.num_choices, ri.summary);
-  for (int gi = 0; gi < spec.num_gqa; gi++)
-    for (int i = 0; i < t.ntrees; i++) harness_destroy(t.h[gi][i]);
+  for (int gi = spec.num_gqa - 1; gi >= 0; gi--) /* borrowers before the harnesses they borrow from */
+    for (int i = t.ntrees - 1; i >= 0; i--) harness_destroy(t.h[gi][i]);
   for (int i = 0; i < t.ntrees; i++) pat_workload_free(&t.work[i]);
   pat_context_destroy(t.ctx);
   return 0;

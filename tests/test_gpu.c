@@ -365,6 +365,37 @@ Test(gpu, merge_of_many_splits, .timeout = 300)
   pat_context_destroy(ctx);
 }
 
+/* Harnesses that share caches (pattune's way to hold every head shape of the paper's trees):
+** one with the same kv heads reads the same K and V, one with other kv heads its own; all
+** three check against their references. */
+Test(gpu, harnesses_sharing_caches, .timeout = 300)
+{
+  skip_without_gpu();
+  pat_context *ctx = open_ctx("specs/default.yaml");
+  pat_workload w = parse_tree("1,8_256,40", 32, 17);
+  static const int heads[3][2] = {{32, 8}, {16, 8}, {32, 32}};
+  harness *h[3] = {NULL, NULL, NULL};
+  pat_tensors t[3];
+  char err[4096];
+  for (int i = 0; i < 3; i++) {
+    h[i] = harness_create_sharing(ctx, &w, heads[i][0], heads[i][1], 40 + (uint64_t)i, h[0], err, sizeof err);
+    cr_assert_not_null(h[i], "%d/%d: %s", heads[i][0], heads[i][1], err);
+    harness_tensors(h[i], &t[i]);
+  }
+  cr_assert_eq(t[1].k_cache, t[0].k_cache, "16/8 should read the 32/8 harness's K");
+  cr_assert_eq(t[1].v_cache, t[0].v_cache, "16/8 should read the 32/8 harness's V");
+  cr_assert_neq(t[2].k_cache, t[0].k_cache, "32/32 needs caches of its own");
+  for (int i = 0; i < 3; i++) {
+    harness_result r;
+    cr_assert_eq(harness_run(h[i], PAT_MODE_PREFIX, 0, 0, &r, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(r.nonfinite, 0, "%d/%d", heads[i][0], heads[i][1]);
+    cr_expect(r.rel_err < TOL_FP16, "%d/%d: rel_err %.3e", heads[i][0], heads[i][1], r.rel_err);
+  }
+  for (int i = 2; i >= 0; i--) harness_destroy(h[i]);
+  pat_workload_free(&w);
+  pat_context_destroy(ctx);
+}
+
 /* Masked packs (a subtree in one pack): the default spec's tiles, KV split down to 64
 ** tokens. 1,256_256,32: a 256-token prefix and its 32-token leaves in packs of 8 queries, no
 ** merge; 1,64_256,40 (32/32): leaves of 40 tokens, partial pages inside the packs; a deep
