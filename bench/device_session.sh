@@ -11,7 +11,8 @@
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
 #             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160), DEADLINE
-#             (the second the tuned patbench must end by, counted from the script's start: 560)
+#             (the second the tuned patbench must end by, counted from the script's start: 560),
+#             TUNE_TREES (pattune's trees, "T1;T2...": the 10-tree subset, which fits the time box)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -115,7 +116,7 @@ readings)
     $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
   if [ "${TUNE:-0}" = 1 ]; then
     # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
-    timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
+    timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 --trees "${TUNE_TREES:-$SUBSET_TREES}" 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
     cp specs/default.tune.*.yaml "$out/"
     timeout $((${DEADLINE:-560} - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
       > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
