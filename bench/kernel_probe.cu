@@ -3,12 +3,17 @@
 // Build: nvcc -std=c++17 -O2 -arch=sm_90 -Ibuild/probe bench/kernel_probe.cu (see bench/probe.sh);
 // with -DP_WGMMA=1 the wgmma kernel (decode_wgmma.cuh), built with
 // -gencode arch=compute_90a,code=sm_90a (see bench/wgmma/run.sh); with -DP_HEAD_MAJOR=1 the
-// CTAs in kv-head-fastest order (see bench/cta_order.sh).
+// CTAs in kv-head-fastest order (see bench/cta_order.sh); with -DP_WGMMA=3 the wgmma kernel with
+// the TMA K/V loader of bench/wgmma/kv_tma.cuh.
 // Run: kernel_probe NQ LEN SPLITS KVH QPP [TIMED [ALL_SHARE [FLUSH]]].
 #include "probe_host.h"
 #include "pat/decode.cuh"
 #include "pat/decode_wgmma.cuh"
 #include "pat/merge.cuh"
+#if P_WGMMA == 3
+#include <cuda.h>  // CUtensorMap, cuTensorMapEncodeTiled's type (called through the runtime's entry point)
+#include "wgmma/kv_tma.cuh"
+#endif
 
 #ifndef P_D
 #define P_D 128
@@ -41,7 +46,7 @@
 #define P_QREG (P_D <= 128)  // Q fragments held in registers
 #endif
 #ifndef P_WGMMA
-#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused)
+#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused); 3: with TMA loads
 #endif
 
 namespace {
@@ -50,6 +55,9 @@ struct cfg {
   static constexpr int HEAD_DIM = P_D, PAGE_SIZE = P_PAGE, GQA = P_G, TILE_M = P_M, TILE_N = P_N,
                        WARPS_M = P_WM, WARPS_N = P_W / P_WM, STAGES = P_S;
   static constexpr bool Q_IN_REGS = P_QREG;
+#if P_WGMMA == 3
+  typedef pat_wgmma_kv_tma<cfg> KvLoader;
+#endif
 };
 }  // namespace
 #if P_WGMMA
@@ -60,6 +68,33 @@ typedef pat_decode<cfg> K;
 #ifndef P_HEAD_MAJOR
 #define P_HEAD_MAJOR 0  // 1: a 1-D grid, kv head fastest (the CTAs of one pack's heads run together)
 #endif
+#if P_WGMMA == 3
+// The TMA loader's descriptors of the K and V caches ride as kernel parameters.
+extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB)
+    fwd(const pat_fwd_params p, const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap)
+{
+  extern __shared__ __align__(1024) unsigned char smem[];
+  K::run(p, smem, blockIdx.x, blockIdx.y, &kmap, &vmap);
+}
+
+// A cache [tokens][kvh][128] (fp16) as a tensor of boxes {64 dims, 1 head, 32 tokens}, 128-byte swizzle.
+static CUtensorMap kv_map(void *base, int kvh, long long tokens)
+{
+  decltype(&cuTensorMapEncodeTiled) encode = nullptr;
+  cudaDriverEntryPointQueryResult found;
+  CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void **)&encode, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || !encode) { fprintf(stderr, "no cuTensorMapEncodeTiled\n"); exit(1); }
+  const cuuint64_t dims[3] = {128, (cuuint64_t)kvh, (cuuint64_t)tokens};
+  const cuuint64_t strides[2] = {256, (cuuint64_t)kvh * 256};  // bytes, of dims 1 and 2
+  const cuuint32_t box[3] = {64, 1, 32}, elem_strides[3] = {1, 1, 1};
+  CUtensorMap m;
+  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, base, dims, strides, box, elem_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: error %d\n", (int)r); exit(1); }
+  return m;
+}
+#else
 extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_fwd_params p)
 {
   extern __shared__ __align__(1024) unsigned char smem[];
@@ -69,6 +104,7 @@ extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB) fwd(const pat_f
   K::run(p, smem, blockIdx.x, blockIdx.y);  // the library's order: packs x kv heads
 #endif
 }
+#endif
 extern "C" __global__ void merge(const pat_merge_params p) { pat_merge_run<pat_fp16, P_D>(p); }
 
 int main(int argc, char **argv)
@@ -139,14 +175,22 @@ int main(int argc, char **argv)
     CK(cudaMemcpy(ditems, items.data(), items.size() * sizeof(pat_merge_item), cudaMemcpyHostToDevice));
   CK(cudaMemset(dout, 0xff, hq.size() * 2));  // NaN poison
   pat_fwd_params p = {dq, dk, dv, dout, dpo, dlse, (const pat_pack *)dpk, (const pat_pack_query *)dpq,
-                      (const int *)dpages, (long long)qh * D, (long long)qh * D, qh, kvh,
+                      (const int *)dpages, nullptr, (long long)qh * D, (long long)qh * D, qh, kvh,
                       scale * 1.4426950408889634f};
   pat_merge_params mp = {dpo, dlse, dout, (const pat_merge_item *)ditems, (long long)qh * D, qh};
   int smem = K::SMEM_BYTES;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid = P_HEAD_MAJOR ? dim3((unsigned)packs.size() * kvh) : dim3((unsigned)packs.size(), kvh);
+#if P_WGMMA == 3
+  static_assert(P_PAGE == 32 && P_D == 128, "the TMA boxes are pages of 32 tokens x 128 dims");
+  const long long tokens = (long long)(kv_elems / ((size_t)kvh * D));
+  const CUtensorMap kmap = kv_map(dk, kvh, tokens), vmap = kv_map(dv, kvh, tokens);
+  auto launch = [&] {
+    fwd<<<grid, K::THREADS, smem>>>(p, kmap, vmap);
+#else
   auto launch = [&] {
     fwd<<<grid, K::THREADS, smem>>>(p);
+#endif
     if (!items.empty()) merge<<<dim3((unsigned)items.size(), (qh + 3) / 4), 128>>>(mp);
   };
   launch();
@@ -156,7 +200,7 @@ int main(int argc, char **argv)
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
   printf("probe %s%s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA ? "wgmma" : "mma.sync",
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA == 3 ? "wgmma+tma" : P_WGMMA ? "wgmma" : "mma.sync",
          P_HEAD_MAJOR ? " head-major" : "", D, P_G, P_M, P_WM,
          P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");

@@ -6,7 +6,8 @@
 # Usage: bench/wgmma/run.sh [name:defines ...]   (GPU machine; or build here and carry
 #        build/wg: BUILD_ONLY=1 bench/wgmma/run.sh ...; RUN_ONLY=1 runs what build/wg has)
 # The producer-warpgroup experiment (decode_wgmma_ws.cuh, kernel_probe -DP_WGMMA=2) ran once
-# and was not faster (bench/NOTES.md); it is in git history at f013a72.
+# and was not faster (bench/NOTES.md); it is in git history at f013a72. wgmma_tma*: the same
+# kernel with its K/V copies issued by the tensor memory accelerator (kv_tma.cuh).
 # The first version of this experiment (a standalone kernel with the plain and overlapped
 # loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
@@ -20,6 +21,9 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   rm -f build/wg/*
   probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
   probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+  # K/V by TMA (bench/wgmma/kv_tma.cuh): the library's stages, and one more
+  probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3" &
+  probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4" &
   for v in "$@"; do
     probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 ${v#*:}" &
   done

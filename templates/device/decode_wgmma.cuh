@@ -15,8 +15,47 @@
 #include "pat/kv_copy.cuh"
 #include "pat/wgmma.cuh"
 
+// What a K/V loader of the wgmma kernel gets from its CTA.
+struct pat_wgmma_kv_args {
+  const u16 *kc, *vc;          // the caches
+  const int *s_pages, *pages;  // the pack's page ids: the shared window, then global memory
+  long long page_elems;        // elements of one page (PAGE_SIZE x kv_heads x D)
+  int kv_heads, kvh, kv_len;
+  u32 ring;                    // the K/V ring (slot s: K at ring + 2 s KV_BYTES, V after it)
+  u32 extra;                   // the loader's EXTRA_BYTES of shared memory, after the ring
+  const void *kmap, *vmap;     // the loader's own (TMA descriptors); nullptr here
+};
+
+// The library's loader: every thread copies its 16-byte chunks with cp.async (kv_copy.cuh),
+// one commit group a step. A loader provides EXTRA_BYTES, init (before the CTA's first
+// barrier), load (step `step` into ring slot `slot`) and wait (step `it` of `steps` landed
+// for this thread; the caller then fences and syncs the CTA).
+template <class C>
+struct pat_wgmma_cp_async {
+  static constexpr int EXTRA_BYTES = 0;
+  static constexpr int N = C::TILE_N, THREADS = 2 * C::TILE_M, CHUNKS = C::HEAD_DIM / 8;
+  static constexpr int KV_BYTES = N * C::HEAD_DIM * 2, LOOKAHEAD = C::STAGES - 2;
+  typedef pat_kv_copy<N, THREADS, CHUNKS, C::PAGE_SIZE, PAT_PAGE_WINDOW> kv_copy;
+  static __device__ __forceinline__ void init(const pat_wgmma_kv_args &) {}
+  static __device__ __forceinline__ void load(const pat_wgmma_kv_args &a, int slot, int step)
+  {
+    const u32 sK = a.ring + slot * 2 * KV_BYTES;
+    // Masked packs (page_masks) never come here: the scheduler gives them mma.sync tiles.
+    kv_copy::run(sK, sK + KV_BYTES, a.kc, a.vc, a.s_pages, a.pages, nullptr, a.page_elems, a.kv_heads, a.kvh,
+                 a.kv_len, step, threadIdx.x, [](u32 r, u32 c) { return sw128(r, c, N); });
+  }
+  static __device__ __forceinline__ void wait(const pat_wgmma_kv_args &, int, int) { cp_async_wait<LOOKAHEAD - 1>(); }
+};
+
+// C::KvLoader when C names one, else pat_wgmma_cp_async<C>.
+template <class T> struct pat_void { typedef void type; };
+template <class C, class = void> struct pat_wgmma_loader { typedef pat_wgmma_cp_async<C> type; };
+template <class C> struct pat_wgmma_loader<C, typename pat_void<typename C::KvLoader>::type> {
+  typedef typename C::KvLoader type;
+};
+
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
-// STAGES (>= 3).
+// STAGES (>= 3); optionally KvLoader (above).
 template <class C>
 struct pat_decode_wgmma {
   typedef typename C::Elem E;
@@ -24,12 +63,12 @@ struct pat_decode_wgmma {
   static constexpr int THREADS = 2 * M;  // a warpgroup (128 threads) per 64 rows
   static constexpr int CHUNKS = D / 8;   // 16-byte chunks in one row
   static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids staged in shared memory
-  // Masked packs (page_masks) never come here: the scheduler gives them mma.sync tiles.
-  typedef pat_kv_copy<N, THREADS, CHUNKS, C::PAGE_SIZE, PAGE_WINDOW> kv_copy;
+  typedef typename pat_wgmma_loader<C>::type loader;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
-  // for the swizzle), the Q tile, the K/V ring. gen/tile.c computes the same number.
-  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + Q_BYTES + STAGES * 2 * KV_BYTES;
+  // for the swizzle), the Q tile, the K/V ring, the loader's own. gen/tile.c computes the
+  // same number (the library's loader has no bytes of its own).
+  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + Q_BYTES + STAGES * 2 * KV_BYTES + loader::EXTRA_BYTES;
   // Steps loaded ahead of the one waited for: two are in use (V of step it, K of step it+1).
   static constexpr int LOOKAHEAD = STAGES - 2;
   typedef u32 pfrag[N / 16][4];  // P of one step: m16n8k16 A fragments of 16-token slices
@@ -43,8 +82,9 @@ struct pat_decode_wgmma {
   static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
   // One CTA: pack `pack` of the launch against kv head `kvh` (the kernel's wrapper maps its
-  // block index to the two).
-  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh)
+  // block index to the two). kmap, vmap: the loader's descriptors, when it has any.
+  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh,
+                                             const void *kmap = nullptr, const void *vmap = nullptr)
   {
     const pat_pack pk = p.packs[pack];
     // An empty pack pads a launch to a fixed grid (CUDA graphs replay fixed grids).
@@ -75,13 +115,11 @@ struct pat_decode_wgmma {
     }
 
     // K and V of step `step` into ring slot `slot`.
-    const long long page_elems = (long long)C::PAGE_SIZE * p.kv_heads * D;
-    auto load_kv = [&](int slot, int step) {
-      const u32 sK = ring + slot * 2 * KV_BYTES;
-      kv_copy::run(sK, sK + KV_BYTES, kc, vc, s_pages, pages, nullptr, page_elems, p.kv_heads, kvh, kv_len, step, tid,
-                   [](u32 r, u32 c) { return sw128(r, c, N); });
-    };
-    __syncthreads();  // the page window is written
+    const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
+                                  kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
+    auto load_kv = [&](int slot, int step) { loader::load(kv, slot, step); };
+    loader::init(kv);
+    __syncthreads();  // the page window is written (and the loader set up)
 
     // Stage: pipeline prologue (Q rides in the first group).
     const int steps = (kv_len + N - 1) / N;
@@ -92,7 +130,7 @@ struct pat_decode_wgmma {
     // Waits until step `it` landed for every thread, then loads step it + LOOKAHEAD into the
     // slot that no issued or coming wgmma reads any more.
     auto next_stage = [&](int it) {
-      cp_async_wait<LOOKAHEAD - 1>();
+      loader::wait(kv, it, steps);
       fence_proxy_async();
       __syncthreads();
       if (it + LOOKAHEAD < steps) load_kv((it + LOOKAHEAD) % STAGES, it + LOOKAHEAD);
