@@ -114,17 +114,17 @@ struct pat_decode_wgmma {
       cp_async16(sQ + sw128(r, c, M), src, bytes);
     }
 
-    // K and V of step `step` into ring slot `slot`.
+    // What the loader needs: loader::load(kv, slot, step) puts K and V of step `step` into
+    // ring slot `slot`.
     const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
                                   kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
-    auto load_kv = [&](int slot, int step) { loader::load(kv, slot, step); };
     loader::init(kv);
     __syncthreads();  // the page window is written (and the loader set up)
 
     // Stage: pipeline prologue (Q rides in the first group).
     const int steps = (kv_len + N - 1) / N;
     for (int s = 0; s < LOOKAHEAD; s++) {
-      if (s < steps) load_kv(s, s);
+      if (s < steps) loader::load(kv, s, s);
       cp_async_commit();
     }
     // Waits until step `it` landed for every thread, then loads step it + LOOKAHEAD into the
@@ -133,7 +133,7 @@ struct pat_decode_wgmma {
       loader::wait(kv, it, steps);
       fence_proxy_async();
       __syncthreads();
-      if (it + LOOKAHEAD < steps) load_kv((it + LOOKAHEAD) % STAGES, it + LOOKAHEAD);
+      if (it + LOOKAHEAD < steps) loader::load(kv, (it + LOOKAHEAD) % STAGES, it + LOOKAHEAD);
       cp_async_commit();
     };
 
