@@ -7,6 +7,9 @@
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
+#   next      this session's plan for whichever GPU comes: the harness-sharing test, then on an
+#             H100 the TMA probe (build/wg carried, built here with BUILD_ONLY=1) and readings
+#             without FlashInfer (read today), on other GPUs the full readings; both TUNE=1
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -99,6 +102,15 @@ probe)
         build/gpu/patgen run --tree $t --heads $h --iters 1 > "$out/probe-$tag-$i.csv" 2>&1
     done
   done
+  ;;
+next)
+  timeout 60 build/gpu/tests --filter 'gpu/harnesses_sharing_caches' 2>&1 | tail -3
+  if echo "$gpu" | grep -q H100; then
+    RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
+    QUICK=0 TUNE=1 FI=0 DEADLINE=$((${DEADLINE:-560} - SECONDS)) "$0" readings
+  else
+    QUICK=0 TUNE=1 DEADLINE=$((${DEADLINE:-560} - SECONDS)) "$0" readings
+  fi
   ;;
 readings)
   # The published numbers of one GPU in one call (about 7 minutes): the quick GPU suites,
