@@ -26,7 +26,7 @@ RT_SRC   = $(wildcard runtime/*.c)
 LIB_SRC  = $(GEN_SRC) $(RT_SRC) build/embedded.c
 TEST_SRC = $(wildcard tests/*.c)
 EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh) $(wildcard templates/device/*.h))
-SPECS    = $(sort $(wildcard specs/*.yaml))
+SPECS    = $(sort $(filter-out $(wildcard specs/*.tune*.yaml),$(wildcard specs/*.yaml)))  # tuning tables are not specs
 
 OBJ      = $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
 HARNESS  = bench/harness.c
