@@ -9,6 +9,7 @@
 
 #include "spec.h"
 #include "tile.h"
+#include "tuning.h"
 
 #define BAD_DIR "tests/bad_specs"
 
@@ -307,7 +308,8 @@ Test(spec, load_missing_file)
   cr_expect_str_eq(err, "tests/bad_specs/no_such_file.yaml: error: cannot open: No such file or directory");
 }
 
-/* Every spec under specs/ loads, is named after its file and has tiles that pass pat_tile_check. */
+/* Every spec under specs/ loads, is named after its file and has tiles that pass pat_tile_check;
+** every tuning table there (NAME.tune[.GPU].yaml) loads and applies to the spec it names. */
 Test(spec, shipped_specs_load)
 {
   char *names[64];
@@ -316,6 +318,17 @@ Test(spec, shipped_specs_load)
   for (int i = 0; i < count; i++) {
     char path[256], err[512], stem[128];
     snprintf(path, sizeof path, "specs/%s", names[i]);
+    if (strstr(names[i], ".tune.")) {
+      pat_tuning t;
+      pat_spec s;
+      char spec_path[256];
+      cr_expect_eq(pat_tuning_load(path, &t, err, sizeof err), 0, "%s", err);
+      snprintf(spec_path, sizeof spec_path, "specs/%s.yaml", t.spec);
+      cr_expect_eq(pat_spec_load(spec_path, &s, err, sizeof err), 0, "%s", err);
+      cr_expect_eq(pat_tuning_apply(&t, &s, err, sizeof err), 0, "%s", err);
+      free(names[i]);
+      continue;
+    }
     snprintf(stem, sizeof stem, "%.*s", (int)(strlen(names[i]) - 5), names[i]);
     pat_spec s;
     cr_expect_eq(pat_spec_load(path, &s, err, sizeof err), 0, "%s", err);
