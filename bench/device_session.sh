@@ -10,6 +10,10 @@
 #   next      this session's plan for whichever GPU comes: the harness-sharing test, then on an
 #             H100 the TMA probe (build/wg carried, built here with BUILD_ONLY=1) and readings
 #             without FlashInfer (read today), on other GPUs the full readings; both TUNE=1
+#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma probe
+#             first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
+#             the new at ITERS (50), FlashInfer where bench/results has no reading of this GPU
+#             model, the chart of the old bundle's run
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -111,6 +115,23 @@ next)
   else
     QUICK=0 TUNE=1 DEADLINE=$((${DEADLINE:-560} - SECONDS)) "$0" readings
   fi
+  ;;
+abfull)
+  [ -d build/wg ] && RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
+    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
+  for b in gpu_base gpu; do
+    [ $b = gpu_base ] && n=${BASE_ITERS:-100} || n=${ITERS:-50}
+    LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 200 build/$b/patbench --iters $n --check 2 \
+      --out "$out/patbench-$b-$tag.jsonl" > "$out/patbench-$b-$tag.txt" 2>&1
+    echo "== $b, $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
+  done
+  if ! ls bench/results/peers-flashinfer-${tag%%-*}-* >/dev/null 2>&1 && [ "${FI:-1}" = 1 ]; then
+    flashinfer_wheels
+    timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
+      --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -6
+  fi
+  $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-gpu_base-$tag.jsonl" bench/results/peers-*${tag%%-*}-*.jsonl \
+    $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
   ;;
 readings)
   # The published numbers of one GPU in one call (about 7 minutes): the quick GPU suites,

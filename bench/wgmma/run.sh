@@ -5,6 +5,7 @@
 # more wgmma variants (e.g. "n128:-DP_N=128" "s4:-DP_S=4").
 # Usage: bench/wgmma/run.sh [name:defines ...]   (GPU machine; or build here and carry
 #        build/wg: BUILD_ONLY=1 bench/wgmma/run.sh ...; RUN_ONLY=1 runs what build/wg has)
+#        BASE_REF=COMMIT also builds wgmma_base: the wgmma kernel with the headers of COMMIT.
 # The producer-warpgroup experiment (decode_wgmma_ws.cuh, kernel_probe -DP_WGMMA=2) ran once
 # and was not faster (bench/NOTES.md); it is in git history at f013a72. wgmma_tma*: the same
 # kernel with its K/V copies issued by the tensor memory accelerator (kv_tma.cuh).
@@ -21,6 +22,10 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   rm -f build/wg/*
   probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
   probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+  if [ -n "${BASE_REF:-}" ]; then  # the wgmma kernel as commit BASE_REF has it
+    probe_headers_at "$BASE_REF" &&
+      probe wgmma_base "-gencode arch=compute_90a,code=sm_90a" "-Ibuild/probe_$BASE_REF -DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+  fi
   # K/V by TMA (bench/wgmma/kv_tma.cuh): the library's stages, and one more
   probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3" &
   probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4" &
