@@ -10,10 +10,10 @@
 #   next      this session's plan for whichever GPU comes: the harness-sharing test, then on an
 #             H100 the TMA probe (build/wg carried, built here with BUILD_ONLY=1) and readings
 #             without FlashInfer (read today), on other GPUs the full readings; both TUNE=1
-#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma probe
-#             first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
+#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma tests
+#             and probe first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
 #             the new at ITERS (50), FlashInfer where bench/results has no reading of this GPU
-#             model, the chart of the old bundle's run
+#             model and 180 s are left before DEADLINE (560), the chart of the old bundle's run
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -117,6 +117,7 @@ next)
   fi
   ;;
 abfull)
+  timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
   [ -d build/wg ] && RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
     grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
   for b in gpu_base gpu; do
@@ -125,7 +126,8 @@ abfull)
       --out "$out/patbench-$b-$tag.jsonl" > "$out/patbench-$b-$tag.txt" 2>&1
     echo "== $b, $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
   done
-  if ! ls bench/results/peers-flashinfer-${tag%%-*}-* >/dev/null 2>&1 && [ "${FI:-1}" = 1 ]; then
+  if ! ls bench/results/peers-flashinfer-${tag%%-*}-* >/dev/null 2>&1 && [ "${FI:-1}" = 1 ] &&
+    [ $SECONDS -lt $((${DEADLINE:-560} - 180)) ]; then
     flashinfer_wheels
     timeout 200 $py bench/peers.py --methods flashinfer_decode,flashinfer_cascade \
       --out "$out/peers-flashinfer-$tag.jsonl" 2>&1 | tail -6
