@@ -10,8 +10,8 @@
 #   next      this session's plan for whichever GPU comes: the harness-sharing test, then on an
 #             H100 the TMA probe (build/wg carried, built here with BUILD_ONLY=1) and readings
 #             without FlashInfer (read today), on other GPUs the full readings; both TUNE=1
-#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma tests
-#             and probe first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
+#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma tests,
+#             build/copy_ramp (bench/copy_ramp/, when carried) and the wgmma probe first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
 #             the new at ITERS (50), FlashInfer where bench/results has no reading of this GPU
 #             model and 180 s are left before DEADLINE (560), the chart of the old bundle's run
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
@@ -118,6 +118,7 @@ next)
   ;;
 abfull)
   timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
+  [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
   [ -d build/wg ] && RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
     grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
   for b in gpu_base gpu; do

@@ -1,0 +1,97 @@
+// copy_ramp.cu: how long the GPU takes to move a given number of bytes, from a few MB to 1 GiB.
+// The benchmarks' floor divides a workload's unique bytes by the rate of a 1 GiB copy; a small
+// tree reads only 30-70 MB, and this says what a plain device-to-device copy (cudaMemcpyAsync)
+// and a plain read of that many bytes (a grid-stride sum of 16-byte loads) take: the part of
+// a small tree's distance to the floor that no kernel of any design removes.
+// Each run reads a new slice of a 4 GiB pool (L2 holds none of it); the read kernel's sum is
+// checked against the host's. Times: CUDA events, 5 warm-up runs, median of 50.
+// Build: nvcc -std=c++17 -O2 -arch=sm_90 bench/copy_ramp/copy_ramp.cu -o build/copy_ramp
+// Run:   build/copy_ramp [MB ...]   (default 8 16 33 67 134 268 536 1024)
+#include "../probe_host.h"  // CK, the CUDA headers, the C++ library
+
+namespace {
+constexpr long long POOL = 4ll << 30;  // bytes; slices of it rotate so that L2 never helps
+constexpr int RUNS = 50, WARMUP = 5;
+
+// Every 16-byte word holds its own index in each 4-byte lane (never zero but for word 0).
+__global__ void fill(uint4 *p, long long n)
+{
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    p[i] = make_uint4((unsigned)i, (unsigned)i + 1, (unsigned)i + 2, (unsigned)i + 3);
+}
+
+// Sum of every 4-byte lane of n words from p, into *out (wrapping 64-bit integer sum).
+__global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long long *out)
+{
+  unsigned long long s = 0;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const uint4 w = __ldcs(p + i);
+    s += (unsigned long long)w.x + w.y + w.z + w.w;
+  }
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}
+
+float median(std::vector<float> v)
+{
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+}  // namespace
+
+int main(int argc, char **argv)
+{
+  std::vector<long long> mbs;
+  for (int i = 1; i < argc; i++) mbs.push_back(atoll(argv[i]));
+  if (mbs.empty()) mbs = {8, 16, 33, 67, 134, 268, 536, 1024};
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  uint4 *pool, *dst;
+  unsigned long long *sum;
+  CK(cudaMalloc(&pool, POOL));
+  CK(cudaMalloc(&dst, 1ll << 30));
+  CK(cudaMalloc(&sum, sizeof *sum));
+  fill<<<4 * prop.multiProcessorCount, 256>>>(pool, POOL / 16);
+  CK(cudaGetLastError());
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  const int grid = 8 * prop.multiProcessorCount;  // enough loads in flight to cover DRAM latency
+  printf("%s: %d SMs; times: median of %d runs, us\n", prop.name, prop.multiProcessorCount, RUNS);
+  printf("%8s %12s %10s %12s %10s\n", "MB", "memcpy us", "TB/s r+w", "read us", "TB/s read");
+  for (long long mb : mbs) {
+    const long long bytes = mb << 20, words = bytes / 16, slices = POOL / bytes;
+    if (mb <= 0 || mb > 1024) { fprintf(stderr, "copy_ramp: %lld MB: sizes go from 1 to 1024\n", mb); return 1; }
+    std::vector<float> tc, tr;
+    for (int r = 0; r < WARMUP + RUNS; r++) {
+      const long long slice = r % slices;  // a slice not read in the run before
+      const uint4 *src = pool + slice * words;
+      float ms;
+      CK(cudaEventRecord(a));
+      CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
+      CK(cudaEventRecord(b));
+      CK(cudaEventSynchronize(b));
+      CK(cudaEventElapsedTime(&ms, a, b));
+      if (r >= WARMUP) tc.push_back(ms * 1000.f);
+      const uint4 *rsrc = pool + ((slice + slices / 2) % slices) * words;  // not the copy's
+      CK(cudaMemsetAsync(sum, 0, sizeof *sum));
+      CK(cudaEventRecord(a));
+      read_sum<<<grid, 256>>>(rsrc, words, sum);
+      CK(cudaEventRecord(b));
+      CK(cudaEventSynchronize(b));
+      CK(cudaGetLastError());
+      CK(cudaEventElapsedTime(&ms, a, b));
+      if (r >= WARMUP) tr.push_back(ms * 1000.f);
+      if (r == WARMUP) {  // the sum of lanes i..i+3 of words first..first+words-1, mod 2^64
+        unsigned long long got, want = 0;
+        CK(cudaMemcpy(&got, sum, sizeof got, cudaMemcpyDeviceToHost));
+        const long long first = (rsrc - pool);
+        for (long long i = first; i < first + words; i++) want += 4ull * (unsigned)i + 6;
+        if (got != want) { fprintf(stderr, "copy_ramp: %lld MB: read sum %llu, expected %llu\n", mb, got, want); return 1; }
+      }
+    }
+    const float c = median(tc), rd = median(tr);
+    printf("%8lld %12.1f %10.2f %12.1f %10.2f\n", mb, c, 2e-6 * bytes / c, rd, 1e-6 * bytes / rd);
+  }
+  return 0;
+}
