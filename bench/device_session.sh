@@ -13,7 +13,8 @@
 #   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma tests,
 #             build/copy_ramp (bench/copy_ramp/, when carried) and the wgmma probe first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
 #             the new at ITERS (50), FlashInfer where bench/results has no reading of this GPU
-#             model and 180 s are left before DEADLINE (560), the chart of the old bundle's run
+#             model and 180 s are left before DEADLINE (560), the chart of the old bundle's run;
+#             SUBSET=1: the 10-tree subset instead of the full set
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -121,9 +122,10 @@ abfull)
   [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
   [ -d build/wg ] && RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
     grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
+  trees=(); [ "${SUBSET:-0}" = 1 ] && trees=(--trees "$SUBSET_TREES")
   for b in gpu_base gpu; do
     [ $b = gpu_base ] && n=${BASE_ITERS:-100} || n=${ITERS:-50}
-    LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 200 build/$b/patbench --iters $n --check 2 \
+    LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 200 build/$b/patbench "${trees[@]}" --iters $n --check 2 \
       --out "$out/patbench-$b-$tag.jsonl" > "$out/patbench-$b-$tag.txt" 2>&1
     echo "== $b, $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
   done
