@@ -21,16 +21,18 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   probe_headers
   rm -f build/wg/*
   probe mma_sync "-arch=sm_90" "-DP_W=8 -DP_N=64 -DP_S=2" &
-  probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+  probe wgmma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0" &
+  # S's A operand (Q) from registers (C::Q_IN_REGS; the library's tiles keep it in shared memory)
+  probe wgmma_qregs "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=1" &
   if [ -n "${BASE_REF:-}" ]; then  # the wgmma kernel as commit BASE_REF has it
     probe_headers_at "$BASE_REF" &&
-      probe wgmma_base "-gencode arch=compute_90a,code=sm_90a" "-Ibuild/probe_$BASE_REF -DP_WGMMA=1 -DP_N=64 -DP_S=3" &
+      probe wgmma_base "-gencode arch=compute_90a,code=sm_90a" "-Ibuild/probe_$BASE_REF -DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0" &
   fi
   # K/V by TMA (bench/wgmma/kv_tma.cuh): the library's stages, and one more
-  probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3" &
-  probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4" &
+  probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3 -DP_QREG=0" &
+  probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4 -DP_QREG=0" &
   for v in "$@"; do
-    probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 ${v#*:}" &
+    probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0 ${v#*:}" &
   done
   wait
 fi

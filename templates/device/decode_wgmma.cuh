@@ -3,10 +3,13 @@
 // rows, or normalised partials plus their log2-sum-exp2); each warpgroup (4 warps) owns 64
 // query rows and all the tokens of a step.
 //
-// Q and K go to the tensor cores straight from shared memory (S = Q K^T, m64nNk16); the
-// online softmax runs on the accumulators; P stays in registers for O += P V (m64n128k16, V
-// read from shared memory as the transposed operand). Shared tiles use the 128-byte swizzle
-// wgmma's descriptors describe. The loop runs in the FlashAttention-3 order: S of step it+1
+// Q and K go to the tensor cores straight from shared memory (S = Q K^T, m64nNk16); with
+// C::Q_IN_REGS, Q is read once into registers instead (each warp's 16 rows as m16n8k16 A
+// fragments, 32 registers), so that a k-slice of S reads only K's bytes from shared memory,
+// whose bandwidth the two warpgroups' GEMMs and the ring's copies share. The online softmax
+// runs on the accumulators; P stays in registers for O += P V (m64n128k16, V read from
+// shared memory as the transposed operand). Shared tiles use the 128-byte swizzle wgmma's
+// descriptors describe. The loop runs in the FlashAttention-3 order: S of step it+1
 // and P V of step it are in flight on the tensor cores while the warpgroup computes the
 // softmax of step it+1, so P is double-buffered and the K/V ring holds one step more.
 #pragma once
@@ -54,8 +57,14 @@ template <class C> struct pat_wgmma_loader<C, typename pat_void<typename C::KvLo
   typedef typename C::KvLoader type;
 };
 
+// C::Q_IN_REGS when C names it, else false.
+template <class C, class = void> struct pat_wgmma_q_regs { static constexpr bool value = false; };
+template <class C> struct pat_wgmma_q_regs<C, typename pat_void<decltype(C::Q_IN_REGS)>::type> {
+  static constexpr bool value = C::Q_IN_REGS;
+};
+
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
-// STAGES (>= 3); optionally KvLoader (above).
+// STAGES (>= 3); optionally KvLoader (above) and Q_IN_REGS (S's A operand from registers).
 template <class C>
 struct pat_decode_wgmma {
   typedef typename C::Elem E;
@@ -64,6 +73,7 @@ struct pat_decode_wgmma {
   static constexpr int CHUNKS = D / 8;   // 16-byte chunks in one row
   static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids staged in shared memory
   typedef typename pat_wgmma_loader<C>::type loader;
+  static constexpr bool Q_REGS = pat_wgmma_q_regs<C>::value;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
   // for the swizzle), the Q tile, the K/V ring, the loader's own. gen/tile.c computes the
@@ -154,6 +164,7 @@ struct pat_decode_wgmma {
     float scale[2];
     pfrag pa[2];
     const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
+    u32 qf[Q_REGS ? D / 16 : 1][4];              // Q_REGS: this warp's 16 rows, an A fragment a k-slice
 
     // S = Q K^T, issued and committed, not waited for: 8 k-slices of 16 dims, a slice 32
     // bytes into a half's 128-byte rows (8-row swizzle atoms 1 KiB apart).
@@ -163,7 +174,10 @@ struct pat_decode_wgmma {
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) {
         const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
-        wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
+        if constexpr (Q_REGS)
+          wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
+        else
+          wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
       }
       wgmma_commit();
     };
@@ -237,7 +251,11 @@ struct pat_decode_wgmma {
     };
 
     // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
-    next_stage(0);
+    next_stage(0);  // Q landed with step 0; Q_REGS: into registers (lanes 16-31: dims 8-15 of a slice)
+    if constexpr (Q_REGS) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
+    }
     issue_s(0);
     wgmma_wait<0>();
     fence_regs(s);

@@ -75,6 +75,28 @@ template <class E> __device__ __forceinline__ void wgmma_ss(float (&d)[64], u64 
                  : PAT_ACC64(d) : "l"(da), "l"(db), "r"(accumulate));
 }
 
+// S = Q K^T (+ S when accumulate) with Q from registers (the m16n8k16 A fragments of each
+// warp's 16 rows, as P below) and K K-major in shared memory: m64n64k16 or m64n128k16.
+// Q in registers halves the shared-memory bytes a k-slice of S reads.
+template <class E> __device__ __forceinline__ void wgmma_rs_k(float (&d)[32], const u32 (&a)[4], u64 db, int accumulate)
+{
+  if constexpr (E::BF16)
+    asm volatile(PAT_WGMMA("m64n64k16", "bf16", PAT_REGS32, "{%32, %33, %34, %35}", "%36", 37) ", 0;\n}\n"
+                 : PAT_ACC32(d, 0) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+  else
+    asm volatile(PAT_WGMMA("m64n64k16", "f16", PAT_REGS32, "{%32, %33, %34, %35}", "%36", 37) ", 0;\n}\n"
+                 : PAT_ACC32(d, 0) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+template <class E> __device__ __forceinline__ void wgmma_rs_k(float (&d)[64], const u32 (&a)[4], u64 db, int accumulate)
+{
+  if constexpr (E::BF16)
+    asm volatile(PAT_WGMMA("m64n128k16", "bf16", PAT_REGS64, "{%64, %65, %66, %67}", "%68", 69) ", 0;\n}\n"
+                 : PAT_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+  else
+    asm volatile(PAT_WGMMA("m64n128k16", "f16", PAT_REGS64, "{%64, %65, %66, %67}", "%68", 69) ", 0;\n}\n"
+                 : PAT_ACC64(d) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+
 // O += P V, m64n128k16: P from registers (the m16n8k16 A fragments of each warp's 16 rows),
 // V from shared memory as [tokens][dims], i.e. MN-major (transposed B).
 template <class E> __device__ __forceinline__ void wgmma_rs(float (&d)[64], const u32 (&a)[4], u64 db)
