@@ -7,14 +7,11 @@
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
-#   next      this session's plan for whichever GPU comes: the harness-sharing test, then on an
-#             H100 the TMA probe (build/wg carried, built here with BUILD_ONLY=1) and readings
-#             without FlashInfer (read today), on other GPUs the full readings; both TUNE=1
-#   abfull    old (build/gpu_base) vs new (build/gpu) kernels on the full set: the wgmma tests,
-#             build/copy_ramp (bench/copy_ramp/, when carried) and the wgmma probe first (build/wg, when carried), the old bundle at BASE_ITERS (100) runs a case,
-#             the new at ITERS (50), FlashInfer where bench/results has no reading of this GPU
-#             model and 180 s are left before DEADLINE (560), the chart of the old bundle's run;
-#             SUBSET=1: the 10-tree subset instead of the full set
+#   abfull    old (build/gpu_base) vs new (build/gpu) kernels: the wgmma GPU tests, build/copy_ramp
+#             (bench/copy_ramp/) and the wgmma probe (build/wg) when carried, then patbench on
+#             the full set (SUBSET=1: the 10-tree subset), the old bundle at BASE_ITERS (100)
+#             runs a case and the new at ITERS (50); FlashInfer where bench/results has no
+#             reading of this GPU model and 180 s are left before DEADLINE (560); the chart
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -107,15 +104,6 @@ probe)
         build/gpu/patgen run --tree $t --heads $h --iters 1 > "$out/probe-$tag-$i.csv" 2>&1
     done
   done
-  ;;
-next)
-  timeout 60 build/gpu/tests --filter 'gpu/harnesses_sharing_caches' 2>&1 | tail -3
-  if echo "$gpu" | grep -q H100; then
-    RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log"
-    QUICK=0 TUNE=1 FI=0 DEADLINE=$((${DEADLINE:-560} - SECONDS)) "$0" readings
-  else
-    QUICK=0 TUNE=1 DEADLINE=$((${DEADLINE:-560} - SECONDS)) "$0" readings
-  fi
   ;;
 abfull)
   timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
