@@ -4,15 +4,17 @@
 // with -DP_WGMMA=1 the wgmma kernel (decode_wgmma.cuh), built with
 // -gencode arch=compute_90a,code=sm_90a (see bench/wgmma/run.sh); with -DP_HEAD_MAJOR=1 the
 // CTAs in kv-head-fastest order (see bench/cta_order.sh); with -DP_WGMMA=3 the wgmma kernel with
-// the TMA K/V loader of bench/wgmma/kv_tma.cuh.
+// the TMA K/V loader of bench/wgmma/kv_tma.cuh; with -DP_WGMMA=4 the ping-pong kernel of
+// bench/wgmma/decode_wgmma_pp.cuh (TMA loads, P_M 128).
 // Run: kernel_probe NQ LEN SPLITS KVH QPP [TIMED [ALL_SHARE [FLUSH]]].
 #include "probe_host.h"
 #include "pat/decode.cuh"
 #include "pat/decode_wgmma.cuh"
 #include "pat/merge.cuh"
-#if P_WGMMA == 3
+#if P_WGMMA >= 3
 #include <cuda.h>  // CUtensorMap, cuTensorMapEncodeTiled's type (called through the runtime's entry point)
 #include "wgmma/kv_tma.cuh"
+#include "wgmma/decode_wgmma_pp.cuh"
 #endif
 
 #ifndef P_D
@@ -46,7 +48,7 @@
 #define P_QREG (P_D <= 128)  // Q fragments held in registers
 #endif
 #ifndef P_WGMMA
-#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused); 3: with TMA loads
+#define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused); 3: with TMA loads; 4: ping-pong
 #endif
 
 namespace {
@@ -60,7 +62,9 @@ struct cfg {
 #endif
 };
 }  // namespace
-#if P_WGMMA
+#if P_WGMMA == 4
+typedef pat_decode_wgmma_pp<cfg> K;
+#elif P_WGMMA
 typedef pat_decode_wgmma<cfg> K;
 #else
 typedef pat_decode<cfg> K;
@@ -68,7 +72,7 @@ typedef pat_decode<cfg> K;
 #ifndef P_HEAD_MAJOR
 #define P_HEAD_MAJOR 0  // 1: a 1-D grid, kv head fastest (the CTAs of one pack's heads run together)
 #endif
-#if P_WGMMA == 3
+#if P_WGMMA >= 3
 // The TMA loader's descriptors of the K and V caches ride as kernel parameters.
 extern "C" __global__ void __launch_bounds__(K::THREADS, P_MINB)
     fwd(const pat_fwd_params p, const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap)
@@ -181,7 +185,7 @@ int main(int argc, char **argv)
   int smem = K::SMEM_BYTES;
   CK(cudaFuncSetAttribute(fwd, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid = P_HEAD_MAJOR ? dim3((unsigned)packs.size() * kvh) : dim3((unsigned)packs.size(), kvh);
-#if P_WGMMA == 3
+#if P_WGMMA >= 3
   static_assert(P_PAGE == 32 && P_D == 128, "the TMA boxes are pages of 32 tokens x 128 dims");
   const long long tokens = (long long)(kv_elems / ((size_t)kvh * D));
   const CUtensorMap kmap = kv_map(dk, kvh, tokens), vmap = kv_map(dv, kvh, tokens);
@@ -200,7 +204,7 @@ int main(int argc, char **argv)
   CK(cudaMemcpy(hout.data(), dout, hout.size() * 2, cudaMemcpyDeviceToHost));
   const probe_check c = probe_compare(hout, ref);
   printf("probe %s%s D=%d G=%d M=%d WM=%d N=%d W=%d S=%d page=%d nq=%d len=%d splits=%d kvh=%d qpp=%d: "
-         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA == 3 ? "wgmma+tma" : P_WGMMA ? "wgmma" : "mma.sync",
+         "rel_err=%.2e max_abs=%.2e nonfinite=%zu %s\n", P_WGMMA == 4 ? "wgmma ping-pong" : P_WGMMA == 3 ? "wgmma+tma" : P_WGMMA ? "wgmma" : "mma.sync",
          P_HEAD_MAJOR ? " head-major" : "", D, P_G, P_M, P_WM,
          P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");

@@ -29,11 +29,16 @@ struct pat_wgmma_kv_tma {
     }
   }
 
-  // Thread 0: the step's pages (tokens past kv_len: none) into the slot, their bytes expected
-  // on the slot's barrier first.
+  // Thread 0: the step's pages into the slot (issue, below).
   static __device__ __forceinline__ void load(const pat_wgmma_kv_args &a, int slot, int step)
   {
-    if (threadIdx.x != 0) return;
+    if (threadIdx.x == 0) issue(a, slot, step);
+  }
+
+  // The calling thread: the step's pages (tokens past kv_len: none) into the slot, their bytes
+  // expected on the slot's barrier first.
+  static __device__ __forceinline__ void issue(const pat_wgmma_kv_args &a, int slot, int step)
+  {
     const int first = step * (N / PAGE), npages = (a.kv_len + PAGE - 1) / PAGE;
     const int count = npages - first < N / PAGE ? npages - first : N / PAGE;
     const u32 b = bar(a, slot), sK = a.ring + slot * 2 * KV_BYTES, sV = sK + KV_BYTES;

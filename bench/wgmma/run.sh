@@ -8,7 +8,8 @@
 #        BASE_REF=COMMIT also builds wgmma_base: the wgmma kernel with the headers of COMMIT.
 # The producer-warpgroup experiment (decode_wgmma_ws.cuh, kernel_probe -DP_WGMMA=2) ran once
 # and was not faster (bench/NOTES.md); it is in git history at f013a72. wgmma_tma*: the same
-# kernel with its K/V copies issued by the tensor memory accelerator (kv_tma.cuh).
+# kernel with its K/V copies issued by the tensor memory accelerator (kv_tma.cuh); wgmma_pp*:
+# the two warpgroups taking turns on the tensor cores (decode_wgmma_pp.cuh).
 # The first version of this experiment (a standalone kernel with the plain and overlapped
 # loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
@@ -31,6 +32,10 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   # K/V by TMA (bench/wgmma/kv_tma.cuh): the library's stages, and one more
   probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3 -DP_QREG=0" &
   probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4 -DP_QREG=0" &
+  # the two warpgroups taking turns (decode_wgmma_pp.cuh; TMA loads), Q in shared memory or registers
+  probe wgmma_pp "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=4 -DP_N=64 -DP_S=3 -DP_QREG=0" &
+  probe wgmma_pp_qregs "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=4 -DP_N=64 -DP_S=3 -DP_QREG=1" &
+  probe wgmma_pp_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=4 -DP_N=64 -DP_S=4 -DP_QREG=1" &
   for v in "$@"; do
     probe "wgmma_${v%%:*}" "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0 ${v#*:}" &
   done

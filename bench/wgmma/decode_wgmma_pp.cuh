@@ -1,0 +1,268 @@
+// decode_wgmma_pp.cuh: the m128 wgmma forward kernel of decode_wgmma.cuh with its two
+// warpgroups taking turns on the tensor cores (FlashAttention-3's ping-pong): a warpgroup
+// issues its S = Q K^T and P V of a step only after the other has issued its own, so that one
+// runs its softmax while the other's GEMMs run, instead of both doing the same thing at once.
+// For that the warpgroups must not meet at a CTA-wide barrier every step, so K/V come by TMA
+// (kv_tma.cuh) with a "full" mbarrier a ring slot, and each slot gets an "empty" mbarrier that
+// every warp arrives on when its wgmmas on the slot completed; the slot is refilled by thread
+// 128 (the second warpgroup, which runs behind the first, so it seldom waits).
+//
+// Why: the all-share probe runs ~2500 clocks a 64-token step against ~1024 for its tensor-core
+// work (bench/NOTES.md, 2026-12-07); the per-step __syncthreads keeps both warpgroups in the
+// same phase. For bench/kernel_probe.cu -DP_WGMMA=4 only; the same outputs as decode_wgmma.cuh.
+#pragma once
+
+#include "pat/decode_wgmma.cuh"
+#include "wgmma/kv_tma.cuh"
+
+__device__ __forceinline__ void mbar_init(u32 bar, int count)
+{
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar)
+{
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity)
+{
+  u32 done = 0;
+  while (!done)
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+
+template <class C>
+struct pat_decode_wgmma_pp {
+  typedef typename C::Elem E;
+  typedef pat_wgmma_kv_tma<C> tma;
+  static constexpr int D = C::HEAD_DIM, M = C::TILE_M, N = C::TILE_N, STAGES = C::STAGES;
+  static constexpr int THREADS = 2 * M, CHUNKS = D / 8, PAGE_WINDOW = PAT_PAGE_WINDOW;
+  static constexpr bool Q_REGS = pat_wgmma_q_regs<C>::value;
+  static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;
+  static constexpr int PRODUCER = 128, WARPS = THREADS / 32;
+  // The page window, Q, the ring, the full barriers (tma's EXTRA_BYTES), the empty barriers.
+  static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + Q_BYTES + STAGES * 2 * KV_BYTES + tma::EXTRA_BYTES + 8 * STAGES;
+  typedef u32 pfrag[N / 16][4];
+  static_assert(M == 128, "two warpgroups take turns");
+
+  static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+  static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh,
+                                             const void *kmap, const void *vmap)
+  {
+    const pat_pack pk = p.packs[pack];
+    if (pk.num_queries == 0) return;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp / 4;
+    const int rows = pk.num_queries * C::GQA;
+
+    int *s_pages = reinterpret_cast<int *>(smem);
+    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4, ring = sQ + Q_BYTES;
+    const u16 *q = static_cast<const u16 *>(p.q);
+    const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
+    const int kv_len = pk.kv_len;
+    const int *pages = p.pages + pk.page_begin;
+    const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
+    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
+    for (int i = tid; i < M * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const u16 *src = q;
+      int bytes = 0;
+      if (r < rows) {
+        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
+        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
+        bytes = 16;
+      }
+      cp_async16(sQ + sw128(r, c, M), src, bytes);
+    }
+    cp_async_commit();
+    const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
+                                  kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
+    const u32 empty0 = kv.extra + tma::EXTRA_BYTES;
+    if (tid == 0)
+      for (int s = 0; s < STAGES; s++) mbar_init(empty0 + 8 * s, WARPS);
+    tma::init(kv);  // the full barriers, and the fence that publishes all barriers' init
+    __syncthreads();
+
+    const int steps = (kv_len + N - 1) / N;
+    if (tid == PRODUCER)
+      for (int s = 0; s < STAGES && s < steps; s++) tma::issue(kv, s, s);
+    cp_async_wait<0>();  // Q, for the last time a CTA-wide barrier: the turns start after it
+    fence_proxy_async();
+    __syncthreads();
+
+    pat_pack_query dst[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
+    }
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) o[i] = 0.f;
+    float row_max[2] = {neg_inf(), neg_inf()};
+    float row_sum[2] = {0.f, 0.f};
+    float s[N / 2];
+    float scale[2];
+    pfrag pa[2];
+    const u32 qa = sQ + wg * 64 * 128;
+    u32 qf[Q_REGS ? D / 16 : 1][4];
+    if constexpr (Q_REGS) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
+    }
+
+    // The turns: warpgroup w waits on named barrier 1 + w, then lets the other go (2 - w).
+    // The second warpgroup lets the first go once up front, and skips its last pass (no one
+    // waits for it).
+    int passes_left = steps + 1;  // turns a warpgroup takes: S(0), steps - 1 steps, the last P V
+    auto my_turn = [&] { asm volatile("bar.sync %0, 256;" ::"r"(1 + wg) : "memory"); };
+    auto pass_turn = [&] {
+      if (--passes_left > 0 || wg == 0) asm volatile("bar.arrive %0, 256;" ::"r"(2 - wg) : "memory");
+    };
+    if (wg == 1) asm volatile("bar.arrive 1, 256;" ::: "memory");
+
+    // Step `st` landed (its slot's full barrier); in the last step each warpgroup zeroes V's
+    // rows past kv_len itself (the same zeros) and syncs only its own 128 threads.
+    auto wait_full = [&](int st) {
+      mbar_wait(kv.extra + 8 * (st % STAGES), (st / STAGES) & 1);
+      const int valid = kv_len - st * N;
+      if (st == steps - 1 && valid < N) {
+        const u32 sV = ring + (st % STAGES) * 2 * KV_BYTES + KV_BYTES;
+        for (int i = tid & 127; i < (N - valid) * 16; i += 128)
+          asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(sV + sw128(valid + i / 16, i % 16, N)), "r"(0)
+                       : "memory");
+        fence_proxy_async();
+        asm volatile("bar.sync %0, 128;" ::"r"(3 + wg) : "memory");
+      }
+    };
+    // This warp's wgmmas on step st's slot completed; the producer refills the slot with step
+    // st + STAGES once every warp has said so.
+    auto release = [&](int st) {
+      if (lane == 0) mbar_arrive(empty0 + 8 * (st % STAGES));
+      if (tid == PRODUCER && st + STAGES < steps) {
+        mbar_wait(empty0 + 8 * (st % STAGES), (st / STAGES) & 1);
+        tma::issue(kv, st % STAGES, st + STAGES);
+      }
+    };
+
+    auto issue_s = [&](int slot) {
+      const u32 sK = ring + slot * 2 * KV_BYTES;
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) {
+        const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
+        if constexpr (Q_REGS)
+          wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
+        else
+          wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
+      }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int slot, const pfrag &pv) {
+      const u32 sV = ring + slot * 2 * KV_BYTES + KV_BYTES;
+      fence_regs(o);
+      wgmma_fence();
+#pragma unroll
+      for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
+      wgmma_commit();
+    };
+    auto softmax = [&](int step, pfrag &pout) {
+      const int tok0 = step * N + 2 * (lane & 3);
+      const bool tail = (step + 1) * N > kv_len;
+      float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+      for (int j = 0; j < N / 8; j++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          if (tail && tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
+          mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
+        }
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);
+        const float base = m_new == neg_inf() ? 0.f : m_new;
+        scale[h] = fast_exp2(row_max[h] - base);
+        row_max[h] = m_new;
+        row_sum[h] *= scale[h];
+        mx[h] = base;
+      }
+#pragma unroll
+      for (int j = 0; j < N / 8; j++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+          s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], p.scale_log2, -mx[x >> 1]));
+          row_sum[x >> 1] += s[4 * j + x];
+        }
+#pragma unroll
+      for (int kc = 0; kc < N / 16; kc++)
+#pragma unroll
+        for (int r = 0; r < 4; r++) pout[kc][r] = E::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
+    };
+    auto rescale_o = [&] {
+#pragma unroll
+      for (int j = 0; j < 16; j++) {
+        o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
+        o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
+      }
+    };
+    auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
+      wait_full(it + 1);
+      my_turn();
+      issue_s((it + 1) % STAGES);
+      issue_pv(it % STAGES, pcur);
+      pass_turn();
+      wgmma_wait<1>();
+      fence_regs(s);
+      softmax(it + 1, pnext);
+      wgmma_wait<0>();
+      fence_regs(o);
+      rescale_o();
+      release(it);
+    };
+
+    wait_full(0);
+    my_turn();
+    issue_s(0);
+    pass_turn();
+    wgmma_wait<0>();
+    fence_regs(s);
+    softmax(0, pa[0]);
+    int it = 0;
+    for (; it + 2 < steps; it += 2) {
+      step(it, pa[0], pa[1]);
+      step(it + 1, pa[1], pa[0]);
+    }
+    if (it + 1 < steps) {
+      step(it, pa[0], pa[1]);
+      my_turn();
+      issue_pv((it + 1) % STAGES, pa[1]);
+      pass_turn();
+    } else {
+      my_turn();
+      issue_pv(it % STAGES, pa[0]);
+      pass_turn();
+    }
+    wgmma_wait<0>();
+    fence_regs(o);
+
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      if (r >= rows) continue;
+      const float inv = fast_rcp(row_sum[h]);
+      const pat_pack_query pq = dst[h];
+      const int head = kvh * C::GQA + r % C::GQA;
+      u16 *out = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
+                             : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
+#pragma unroll
+      for (int j = 0; j < 16; j++)
+        *reinterpret_cast<u32 *>(out + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      if (pq.slot >= 0 && (lane & 3) == 0)
+        p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
+    }
+  }
+};
