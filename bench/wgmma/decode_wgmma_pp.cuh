@@ -10,6 +10,9 @@
 // Why: the all-share probe runs ~2500 clocks a 64-token step against ~1024 for its tensor-core
 // work (bench/NOTES.md, 2026-12-07); the per-step __syncthreads keeps both warpgroups in the
 // same phase. For bench/kernel_probe.cu -DP_WGMMA=4 only; the same outputs as decode_wgmma.cuh.
+// The S, P V, softmax and epilogue code is decode_wgmma.cuh's, copied: moving the library
+// kernel's lambdas into shared members changed its cubin (nvcc 13.0, checked), so the library
+// keeps its code until a measurement says which loop stays.
 #pragma once
 
 #include "pat/decode_wgmma.cuh"
