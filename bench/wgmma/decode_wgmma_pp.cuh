@@ -10,9 +10,8 @@
 // Why: the all-share probe runs ~2500 clocks a 64-token step against ~1024 for its tensor-core
 // work (bench/NOTES.md, 2026-12-07); the per-step __syncthreads keeps both warpgroups in the
 // same phase. For bench/kernel_probe.cu -DP_WGMMA=4 only; the same outputs as decode_wgmma.cuh.
-// The S, P V, softmax and epilogue code is decode_wgmma.cuh's, copied: moving the library
-// kernel's lambdas into shared members changed its cubin (nvcc 13.0, checked), so the library
-// keeps its code until a measurement says which loop stays.
+// S, P V, the softmax and the epilogue are the library kernel's own (pat_decode_wgmma's
+// static members); only the loop's order and its synchronisation differ.
 #pragma once
 
 #include "pat/decode_wgmma.cuh"
@@ -36,7 +35,7 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity)
 
 template <class C>
 struct pat_decode_wgmma_pp {
-  typedef typename C::Elem E;
+  typedef pat_decode_wgmma<C> K;  // the library kernel: its S, P V, softmax and epilogue
   typedef pat_wgmma_kv_tma<C> tma;
   static constexpr int D = C::HEAD_DIM, M = C::TILE_M, N = C::TILE_N, STAGES = C::STAGES;
   static constexpr int THREADS = 2 * M, CHUNKS = D / 8, PAGE_WINDOW = PAT_PAGE_WINDOW;
@@ -45,10 +44,8 @@ struct pat_decode_wgmma_pp {
   static constexpr int PRODUCER = 128, WARPS = THREADS / 32;
   // The page window, Q, the ring, the full barriers (tma's EXTRA_BYTES), the empty barriers.
   static constexpr int SMEM_BYTES = PAGE_WINDOW * 4 + Q_BYTES + STAGES * 2 * KV_BYTES + tma::EXTRA_BYTES + 8 * STAGES;
-  typedef u32 pfrag[N / 16][4];
+  typedef typename K::pfrag pfrag;
   static_assert(M == 128, "two warpgroups take turns");
-
-  static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
   static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh,
                                              const void *kmap, const void *vmap)
@@ -64,19 +61,7 @@ struct pat_decode_wgmma_pp {
     const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
     const int kv_len = pk.kv_len;
     const int *pages = p.pages + pk.page_begin;
-    const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
-    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
-    for (int i = tid; i < M * CHUNKS; i += THREADS) {
-      const int r = i / CHUNKS, c = i % CHUNKS;
-      const u16 *src = q;
-      int bytes = 0;
-      if (r < rows) {
-        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
-        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
-        bytes = 16;
-      }
-      cp_async16(sQ + sw128(r, c, M), src, bytes);
-    }
+    K::stage(p, pk, s_pages, pages, sQ, q, kvh, rows, tid);
     cp_async_commit();
     const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
                                   kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
@@ -102,13 +87,13 @@ struct pat_decode_wgmma_pp {
     float o[64];
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
-    float row_max[2] = {neg_inf(), neg_inf()};
+    float row_max[2] = {K::neg_inf(), K::neg_inf()};
     float row_sum[2] = {0.f, 0.f};
     float s[N / 2];
     float scale[2];
     pfrag pa[2];
     const u32 qa = sQ + wg * 64 * 128;
-    u32 qf[Q_REGS ? D / 16 : 1][4];
+    typename K::qfrag qf;
     if constexpr (Q_REGS) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
@@ -148,90 +133,28 @@ struct pat_decode_wgmma_pp {
       }
     };
 
-    auto issue_s = [&](int slot) {
-      const u32 sK = ring + slot * 2 * KV_BYTES;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
-        if constexpr (Q_REGS)
-          wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
-        else
-          wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
-      }
-      wgmma_commit();
-    };
-    auto issue_pv = [&](int slot, const pfrag &pv) {
-      const u32 sV = ring + slot * 2 * KV_BYTES + KV_BYTES;
-      fence_regs(o);
-      wgmma_fence();
-#pragma unroll
-      for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
-      wgmma_commit();
-    };
-    auto softmax = [&](int step, pfrag &pout) {
-      const int tok0 = step * N + 2 * (lane & 3);
-      const bool tail = (step + 1) * N > kv_len;
-      float mx[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-      for (int j = 0; j < N / 8; j++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          if (tail && tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
-          mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
-        }
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);
-        const float base = m_new == neg_inf() ? 0.f : m_new;
-        scale[h] = fast_exp2(row_max[h] - base);
-        row_max[h] = m_new;
-        row_sum[h] *= scale[h];
-        mx[h] = base;
-      }
-#pragma unroll
-      for (int j = 0; j < N / 8; j++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], p.scale_log2, -mx[x >> 1]));
-          row_sum[x >> 1] += s[4 * j + x];
-        }
-#pragma unroll
-      for (int kc = 0; kc < N / 16; kc++)
-#pragma unroll
-        for (int r = 0; r < 4; r++) pout[kc][r] = E::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
-    };
-    auto rescale_o = [&] {
-#pragma unroll
-      for (int j = 0; j < 16; j++) {
-        o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
-        o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
-      }
-    };
     auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
       wait_full(it + 1);
       my_turn();
-      issue_s((it + 1) % STAGES);
-      issue_pv(it % STAGES, pcur);
+      K::issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
+      K::issue_pv(o, pcur, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
       pass_turn();
       wgmma_wait<1>();
       fence_regs(s);
-      softmax(it + 1, pnext);
+      K::softmax(s, pnext, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
       wgmma_wait<0>();
       fence_regs(o);
-      rescale_o();
+      K::rescale_o(o, scale);
       release(it);
     };
 
     wait_full(0);
     my_turn();
-    issue_s(0);
+    K::issue_s(s, qf, qa, ring);
     pass_turn();
     wgmma_wait<0>();
     fence_regs(s);
-    softmax(0, pa[0]);
+    K::softmax(s, pa[0], row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
     int it = 0;
     for (; it + 2 < steps; it += 2) {
       step(it, pa[0], pa[1]);
@@ -240,32 +163,16 @@ struct pat_decode_wgmma_pp {
     if (it + 1 < steps) {
       step(it, pa[0], pa[1]);
       my_turn();
-      issue_pv((it + 1) % STAGES, pa[1]);
+      K::issue_pv(o, pa[1], ring + (it + 1) % STAGES * 2 * KV_BYTES + KV_BYTES);
       pass_turn();
     } else {
       my_turn();
-      issue_pv(it % STAGES, pa[0]);
+      K::issue_pv(o, pa[0], ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
       pass_turn();
     }
     wgmma_wait<0>();
     fence_regs(o);
 
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
-      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
-      const int r = warp * 16 + (lane >> 2) + 8 * h;
-      if (r >= rows) continue;
-      const float inv = fast_rcp(row_sum[h]);
-      const pat_pack_query pq = dst[h];
-      const int head = kvh * C::GQA + r % C::GQA;
-      u16 *out = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
-                             : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
-#pragma unroll
-      for (int j = 0; j < 16; j++)
-        *reinterpret_cast<u32 *>(out + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (pq.slot >= 0 && (lane & 3) == 0)
-        p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
-    }
+    K::store(p, o, row_max, row_sum, dst, rows, kvh, warp, lane);
   }
 };

@@ -91,6 +91,132 @@ struct pat_decode_wgmma {
 
   static __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+  typedef u32 qfrag[Q_REGS ? D / 16 : 1][4];  // Q_REGS: a warp's 16 rows of Q, an A fragment a k-slice
+
+  // Stage: the pack's first PAGE_WINDOW page ids, and its Q rows (query x GQA + head) by
+  // cp.async (not committed).
+  static __device__ __forceinline__ void stage(const pat_fwd_params &p, const pat_pack &pk, int *s_pages,
+                                               const int *pages, u32 sQ, const u16 *q, int kvh, int rows, int tid)
+  {
+    const int npages = (pk.kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
+    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
+    for (int i = tid; i < M * CHUNKS; i += THREADS) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const u16 *src = q;
+      int bytes = 0;
+      if (r < rows) {
+        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
+        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
+        bytes = 16;
+      }
+      cp_async16(sQ + sw128(r, c, M), src, bytes);
+    }
+  }
+
+  // The math of a warpgroup's KV loop, on a thread's registers: run() below drives it, and so
+  // does the ping-pong probe (bench/wgmma/decode_wgmma_pp.cuh) in another order.
+
+  // S = Q K^T into s, issued and committed, not waited for: 8 k-slices of 16 dims, a slice 32
+  // bytes into a half's 128-byte rows (8-row swizzle atoms 1 KiB apart). qa: the warpgroup's
+  // rows in each Q half (Q in shared memory); sK: the ring slot's K.
+  static __device__ __forceinline__ void issue_s(float (&s)[N / 2], const qfrag &qf, u32 qa, u32 sK)
+  {
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+      const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
+      if constexpr (Q_REGS)
+        wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
+      else
+        wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
+    }
+    wgmma_commit();
+  }
+  // O += P V, issued and committed: 16 tokens (2 KiB of V rows) a k-slice; the two 64-dim
+  // halves N x 128 bytes apart (leading byte offset), 8-token atoms 1 KiB apart.
+  static __device__ __forceinline__ void issue_pv(float (&o)[64], const pfrag &pv, u32 sV)
+  {
+    fence_regs(o);
+    wgmma_fence();
+#pragma unroll
+    for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
+    wgmma_commit();
+  }
+  // Online softmax of step `step` on s: tokens past kv_len masked, the row max and sum
+  // updated, the factor O must be scaled by in `scale`, P into pout. The max is taken over
+  // raw scores (scale_log2 > 0 keeps the order); the scale folds into the exponent's FFMA.
+  static __device__ __forceinline__ void softmax(float (&s)[N / 2], pfrag &pout, float (&row_max)[2],
+                                                 float (&row_sum)[2], float (&scale)[2], int step, int kv_len,
+                                                 float scale_log2, int lane)
+  {
+    const int tok0 = step * N + 2 * (lane & 3);
+    const bool tail = (step + 1) * N > kv_len;
+    float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+    for (int j = 0; j < N / 8; j++)
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        if (tail && tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
+        mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
+      }
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float m_new = fmaxf(row_max[h], mx[h] * scale_log2);
+      // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
+      const float base = m_new == neg_inf() ? 0.f : m_new;
+      scale[h] = fast_exp2(row_max[h] - base);
+      row_max[h] = m_new;
+      row_sum[h] *= scale[h];
+      mx[h] = base;
+    }
+#pragma unroll
+    for (int j = 0; j < N / 8; j++)
+#pragma unroll
+      for (int x = 0; x < 4; x++) {
+        s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], scale_log2, -mx[x >> 1]));
+        row_sum[x >> 1] += s[4 * j + x];
+      }
+    // The S accumulator layout is already the A-fragment layout of P V.
+#pragma unroll
+    for (int kc = 0; kc < N / 16; kc++)
+#pragma unroll
+      for (int r = 0; r < 4; r++) pout[kc][r] = E::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
+  }
+  static __device__ __forceinline__ void rescale_o(float (&o)[64], const float (&scale)[2])
+  {
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+      o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
+      o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
+    }
+  }
+  // Epilogue, straight from the accumulators: a quad of lanes holds 8 dims of a row in each
+  // n8 block. Rows r < rows go to dst (a final row, or a partial and its log2-sum-exp2).
+  static __device__ __forceinline__ void store(const pat_fwd_params &p, const float (&o)[64], const float (&row_max)[2],
+                                               float (&row_sum)[2], const pat_pack_query (&dst)[2], int rows, int kvh,
+                                               int warp, int lane)
+  {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
+      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      if (r >= rows) continue;
+      const float inv = fast_rcp(row_sum[h]);  // >= 1: the row's largest score contributes exp2(0)
+      const pat_pack_query pq = dst[h];
+      const int head = kvh * C::GQA + r % C::GQA;
+      u16 *out = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
+                             : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
+#pragma unroll
+      for (int j = 0; j < 16; j++)
+        *reinterpret_cast<u32 *>(out + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
+      if (pq.slot >= 0 && (lane & 3) == 0)
+        p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
+    }
+  }
+
   // One CTA: pack `pack` of the launch against kv head `kvh` (the kernel's wrapper maps its
   // block index to the two). kmap, vmap: the loader's descriptors, when it has any.
   static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh,
@@ -107,22 +233,9 @@ struct pat_decode_wgmma {
     const u16 *q = static_cast<const u16 *>(p.q);
     const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
 
-    // Stage: the pack's first PAGE_WINDOW page ids, and its Q rows (query x GQA + head).
     const int kv_len = pk.kv_len;
     const int *pages = p.pages + pk.page_begin;
-    const int npages = (kv_len + C::PAGE_SIZE - 1) / C::PAGE_SIZE;
-    for (int i = tid; i < npages && i < PAGE_WINDOW; i += THREADS) s_pages[i] = pages[i];
-    for (int i = tid; i < M * CHUNKS; i += THREADS) {
-      const int r = i / CHUNKS, c = i % CHUNKS;
-      const u16 *src = q;
-      int bytes = 0;
-      if (r < rows) {
-        const int query = p.pack_queries[pk.query_begin + r / C::GQA].query;
-        src = q + query * p.q_stride + (kvh * C::GQA + r % C::GQA) * D + c * 8;
-        bytes = 16;
-      }
-      cp_async16(sQ + sw128(r, c, M), src, bytes);
-    }
+    stage(p, pk, s_pages, pages, sQ, q, kvh, rows, tid);
 
     // What the loader needs: loader::load(kv, slot, step) puts K and V of step `step` into
     // ring slot `slot`.
@@ -164,90 +277,19 @@ struct pat_decode_wgmma {
     float scale[2];
     pfrag pa[2];
     const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
-    u32 qf[Q_REGS ? D / 16 : 1][4];              // Q_REGS: this warp's 16 rows, an A fragment a k-slice
+    qfrag qf;
 
-    // S = Q K^T, issued and committed, not waited for: 8 k-slices of 16 dims, a slice 32
-    // bytes into a half's 128-byte rows (8-row swizzle atoms 1 KiB apart).
-    auto issue_s = [&](int slot) {
-      const u32 sK = ring + slot * 2 * KV_BYTES;
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) {
-        const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
-        if constexpr (Q_REGS)
-          wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
-        else
-          wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
-      }
-      wgmma_commit();
-    };
-    // O += P V, issued and committed: 16 tokens (2 KiB of V rows) a k-slice; the two 64-dim
-    // halves N x 128 bytes apart (leading byte offset), 8-token atoms 1 KiB apart.
-    auto issue_pv = [&](int slot, const pfrag &pv) {
-      const u32 sV = ring + slot * 2 * KV_BYTES + KV_BYTES;
-      fence_regs(o);
-      wgmma_fence();
-#pragma unroll
-      for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
-      wgmma_commit();
-    };
-    // Online softmax of step `step` on s: tokens past kv_len masked, the row max and sum
-    // updated, the factor O must be scaled by in `scale`, P into pout. The max is taken over
-    // raw scores (scale_log2 > 0 keeps the order); the scale folds into the exponent's FFMA.
-    auto softmax = [&](int step, pfrag &pout) {
-      const int tok0 = step * N + 2 * (lane & 3);
-      const bool tail = (step + 1) * N > kv_len;
-      float mx[2] = {neg_inf(), neg_inf()};
-#pragma unroll
-      for (int j = 0; j < N / 8; j++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          if (tail && tok0 + j * 8 + (x & 1) >= kv_len) s[4 * j + x] = neg_inf();
-          mx[x >> 1] = fmaxf(mx[x >> 1], s[4 * j + x]);
-        }
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-        const float m_new = fmaxf(row_max[h], mx[h] * p.scale_log2);
-        // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
-        const float base = m_new == neg_inf() ? 0.f : m_new;
-        scale[h] = fast_exp2(row_max[h] - base);
-        row_max[h] = m_new;
-        row_sum[h] *= scale[h];
-        mx[h] = base;
-      }
-#pragma unroll
-      for (int j = 0; j < N / 8; j++)
-#pragma unroll
-        for (int x = 0; x < 4; x++) {
-          s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], p.scale_log2, -mx[x >> 1]));
-          row_sum[x >> 1] += s[4 * j + x];
-        }
-      // The S accumulator layout is already the A-fragment layout of P V.
-#pragma unroll
-      for (int kc = 0; kc < N / 16; kc++)
-#pragma unroll
-        for (int r = 0; r < 4; r++) pout[kc][r] = E::pack(s[8 * kc + 2 * r], s[8 * kc + 2 * r + 1]);
-    };
-    auto rescale_o = [&] {
-#pragma unroll
-      for (int j = 0; j < 16; j++) {
-        o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
-        o[4 * j + 2] *= scale[1]; o[4 * j + 3] *= scale[1];
-      }
-    };
     // One step: S of it+1 and P V of it issued, then the softmax of it+1 beside them.
     auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
       next_stage(it + 1);
-      issue_s((it + 1) % STAGES);
-      issue_pv(it % STAGES, pcur);
+      issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
+      issue_pv(o, pcur, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
       wgmma_wait<1>();
       fence_regs(s);
-      softmax(it + 1, pnext);
+      softmax(s, pnext, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
       wgmma_wait<0>();
       fence_regs(o);
-      rescale_o();
+      rescale_o(o, scale);
     };
 
     // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
@@ -256,10 +298,10 @@ struct pat_decode_wgmma {
 #pragma unroll
       for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
     }
-    issue_s(0);
+    issue_s(s, qf, qa, ring);
     wgmma_wait<0>();
     fence_regs(s);
-    softmax(0, pa[0]);
+    softmax(s, pa[0], row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
     int it = 0;
     for (; it + 2 < steps; it += 2) {
       step(it, pa[0], pa[1]);
@@ -267,32 +309,15 @@ struct pat_decode_wgmma {
     }
     if (it + 1 < steps) {  // it is even here: the last P lands in pa[1]
       step(it, pa[0], pa[1]);
-      issue_pv((it + 1) % STAGES, pa[1]);
+      issue_pv(o, pa[1], ring + (it + 1) % STAGES * 2 * KV_BYTES + KV_BYTES);
     } else {
-      issue_pv(it % STAGES, pa[0]);
+      issue_pv(o, pa[0], ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
     }
     wgmma_wait<0>();
     fence_regs(o);
     cp_async_wait<0>();
 
-    // Stage: epilogue, straight from the accumulators: a quad of lanes holds 8 dims of a row
-    // in each n8 block.
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 1);
-      row_sum[h] += __shfl_xor_sync(0xffffffffu, row_sum[h], 2);
-      const int r = warp * 16 + (lane >> 2) + 8 * h;
-      if (r >= rows) continue;
-      const float inv = fast_rcp(row_sum[h]);  // >= 1: the row's largest score contributes exp2(0)
-      const pat_pack_query pq = dst[h];
-      const int head = kvh * C::GQA + r % C::GQA;
-      u16 *out = pq.slot < 0 ? static_cast<u16 *>(p.out) + pq.query * p.o_stride + head * D
-                             : static_cast<u16 *>(p.part_o) + ((long long)pq.slot * p.q_heads + head) * D;
-#pragma unroll
-      for (int j = 0; j < 16; j++)
-        *reinterpret_cast<u32 *>(out + 8 * j + 2 * (lane & 3)) = E::pack(o[4 * j + 2 * h] * inv, o[4 * j + 2 * h + 1] * inv);
-      if (pq.slot >= 0 && (lane & 3) == 0)
-        p.part_lse[(long long)pq.slot * p.q_heads + head] = row_max[h] + fast_log2(row_sum[h]);
-    }
+    // Stage: epilogue.
+    store(p, o, row_max, row_sum, dst, rows, kvh, warp, lane);
   }
 };
