@@ -79,11 +79,7 @@ struct pat_decode_wgmma_pp {
     __syncthreads();
 
     pat_pack_query dst[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int r = warp * 16 + (lane >> 2) + 8 * h;
-      dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
-    }
+    K::read_dst(p, pk, dst, rows, warp, lane);
     float o[64];
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
@@ -94,10 +90,7 @@ struct pat_decode_wgmma_pp {
     pfrag pa[2];
     const u32 qa = sQ + wg * 64 * 128;
     typename K::qfrag qf;
-    if constexpr (Q_REGS) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
-    }
+    K::load_q(qf, sQ, warp, lane);
 
     // The turns: warpgroup w waits on named barrier 1 + w, then lets the other go (2 - w).
     // The second warpgroup lets the first go once up front, and skips its last pass (no one

@@ -113,6 +113,27 @@ struct pat_decode_wgmma {
     }
   }
 
+  // This thread's rows: lane/4 and lane/4 + 8 of its warp's 16 (accumulator layout); dst:
+  // where each goes ({0, -1} past the pack's rows).
+  static __device__ __forceinline__ void read_dst(const pat_fwd_params &p, const pat_pack &pk,
+                                                  pat_pack_query (&dst)[2], int rows, int warp, int lane)
+  {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = warp * 16 + (lane >> 2) + 8 * h;
+      dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
+    }
+  }
+  // Q_REGS: the warp's 16 rows of Q (landed) into registers, lanes 16-31 taking dims 8-15 of
+  // each 16-dim slice; nothing otherwise.
+  static __device__ __forceinline__ void load_q(qfrag &qf, u32 sQ, int warp, int lane)
+  {
+    if constexpr (Q_REGS) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
+    }
+  }
+
   // The math of a warpgroup's KV loop, on a thread's registers: run() below drives it, and so
   // does the ping-pong probe (bench/wgmma/decode_wgmma_pp.cuh) in another order.
 
@@ -260,14 +281,9 @@ struct pat_decode_wgmma {
       cp_async_commit();
     };
 
-    // This thread's rows: lane/4 and lane/4 + 8 of its warp's 16 (accumulator layout). Their
-    // destinations are read now, so that the loads' latency hides behind the main loop.
+    // Their destinations are read now, so that the loads' latency hides behind the main loop.
     pat_pack_query dst[2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int r = warp * 16 + (lane >> 2) + 8 * h;
-      dst[h] = r < rows ? p.pack_queries[pk.query_begin + r / C::GQA] : pat_pack_query{0, -1};
-    }
+    read_dst(p, pk, dst, rows, warp, lane);
     float o[64];  // O: 64 rows x 128 dims a warpgroup; dims 8j + 2 (lane % 4) + {0, 1} in o[4j ..]
 #pragma unroll
     for (int i = 0; i < 64; i++) o[i] = 0.f;
@@ -293,11 +309,8 @@ struct pat_decode_wgmma {
     };
 
     // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
-    next_stage(0);  // Q landed with step 0; Q_REGS: into registers (lanes 16-31: dims 8-15 of a slice)
-    if constexpr (Q_REGS) {
-#pragma unroll
-      for (int kk = 0; kk < D / 16; kk++) ldmatrix_x4(qf[kk], sQ + sw128(warp * 16 + (lane & 15), 2 * kk + (lane >> 4), M));
-    }
+    next_stage(0);  // Q landed with step 0
+    load_q(qf, sQ, warp, lane);
     issue_s(s, qf, qa, ring);
     wgmma_wait<0>();
     fence_regs(s);
