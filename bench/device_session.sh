@@ -18,6 +18,7 @@
 #             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160), DEADLINE
 #             (the second the tuned patbench must end by, counted from the script's start: 560),
 #             TUNE_TREES (pattune's trees, "T1;T2...": the 10-tree subset, which fits the time box)
+#   tune      this GPU's table and the full set with it (readings' TUNE=1 step alone)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -58,6 +59,14 @@ flashinfer_wheels() {
   $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} FLASHINFER_CUDA_ARCH_LIST=9.0a \
       FLASHINFER_WORKSPACE_BASE=/tmp/fiws
+}
+# This GPU's tuning table (specs/default.tune.GPU.yaml: pattune on TUNE_TREES for TUNE_S
+# seconds), then the full set with it at 30 runs a case, ending by DEADLINE.
+tune_table() {
+  timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 --trees "${TUNE_TREES:-$SUBSET_TREES}" 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
+  cp specs/default.tune.*.yaml "$out/"
+  timeout $((${DEADLINE:-560} - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
+    > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
 }
 # Ten sharing trees, small and large, for A/B readings (x 4 head configs: 40 cases).
 SUBSET_TREES="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
@@ -108,7 +117,7 @@ probe)
 abfull)
   timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
   [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
-  [ -d build/wg ] && RUN_ONLY=1 timeout 120 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
+  [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 180 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
     grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
   trees=(); [ "${SUBSET:-0}" = 1 ] && trees=(--trees "$SUBSET_TREES")
   for b in gpu_base gpu; do
@@ -140,13 +149,7 @@ readings)
   fi
   $py bench/chart.py "$out/chart-$tag.png" "$out/patbench-$tag.jsonl" bench/results/peers-*${tag%%-*}-*.jsonl \
     $(ls "$out/peers-flashinfer-$tag.jsonl" 2>/dev/null) --heads 32/8
-  if [ "${TUNE:-0}" = 1 ]; then
-    # This GPU's tuning table (specs/default.tune.GPU.yaml), then the full set with it.
-    timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 --trees "${TUNE_TREES:-$SUBSET_TREES}" 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
-    cp specs/default.tune.*.yaml "$out/"
-    timeout $((${DEADLINE:-560} - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
-      > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
-  fi
+  [ "${TUNE:-0}" = 1 ] && tune_table
   ;;
 final)
   # The quick GPU suites (all but the long paper-tree sweep), old vs new kernels on small
@@ -243,15 +246,7 @@ variants)
   done
   ;;
 tune)
-  # The tuner, then the benchmark with its table and without (PAT_TUNING=off), same machine.
-  timeout 300 build/gpu/pattune --iters 15 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa"
-  cp specs/default.tune.*.yaml "$out/"
-  for t in on off; do
-    [ $t = off ] && export PAT_TUNING=off
-    timeout 140 build/gpu/patbench --spec specs/default.yaml --iters 30 --check 4 \
-      --out "$out/patbench-tuning-$t-$tag.jsonl" 2>&1 | tail -12
-    unset PAT_TUNING
-  done 2>&1 | tee "$out/patbench-tuning-$tag.txt"
+  tune_table
   ;;
 *) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|subset|pdl|order|sass|leafheads"; exit 2 ;;
 esac
