@@ -1,7 +1,9 @@
 /* tune.c: bin/pattune, the tuning script. Sweeps the split policy, the planner's tensor-core
-** weight (split.mma_rows_per_token), masked packs on or off and, per GQA ratio, row class and token class, the tile (from the spec's tiles plus a candidate spec's) over a set
-** of workloads on the GPU, and writes the winners as a tuning table beside the spec, which pat_context_create
-** then applies on the same GPU (gen/tuning.h; docs in specs/README.md).
+** weight (split.mma_rows_per_token), masked packs on or off and, per GQA ratio, row class and
+** token class, the tile (from the spec's tiles plus a candidate spec's), then masked packs'
+** own tile, over a set of workloads on the GPU, and writes the winners as a tuning table
+** beside the spec, which pat_context_create then applies on the same GPU (gen/tuning.h; docs
+** in specs/README.md).
 **
 ** A configuration is scored by the geometric mean of its median latencies over the workloads;
 ** every run's output is checked against the CPU reference first, and a configuration with a
@@ -77,9 +79,10 @@ static double score_of(tuner *t, int gi, const char *use)
 
 static double score(tuner *t, int gi) { return score_of(t, gi, NULL); }
 
-/* Packs per (row class, token class) in tree i's prefix plan at GQA index gi. Tile choices do
-** not change packs or splits, so this holds for every candidate of the tile sweep. */
-static int class_counts(tuner *t, int gi, int i, int counts[PAT_ROW_CLASSES][PAT_TOKEN_CLASSES])
+/* Packs per (masked or not, row class, token class) in tree i's prefix plan at GQA index gi.
+** Tile choices do not change packs or splits, so this holds for every candidate of the tile
+** sweep. */
+static int class_counts(tuner *t, int gi, int i, int counts[2][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES])
 {
   const pat_spec *s = &t->ctx->spec;
   const pat_workload *w = &t->work[i];
@@ -95,10 +98,10 @@ static int class_counts(tuner *t, int gi, int i, int counts[PAT_ROW_CLASSES][PAT
     fprintf(stderr, "pattune: %s: %s\n", t->trees[i], err);
     return -1;
   }
-  memset(counts, 0, sizeof(int) * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES);
+  memset(counts, 0, sizeof(int) * 2 * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES);
   for (int k = 0; k < p.num_packs; k++) {
     int rc = pat_row_class(p.packs[k].num_queries * s->gqa[gi]);
-    if (rc >= 0) counts[rc][pat_token_class(p.packs[k].kv_len)]++;
+    if (rc >= 0) counts[p.packs[k].masked != 0][rc][pat_token_class(p.packs[k].kv_len)]++;
   }
   pat_host_plan_free(&p);
   return 0;
@@ -273,7 +276,8 @@ int main(int argc, char **argv)
   live->split = best_split;
 
   /* 2. Per GQA ratio, row class and token class: the tile, one class at a time (greedy, kept
-  ** when >= 1% better on the trees that have packs of the class).
+  ** when >= 1% better on the trees that have packs of the class); then, where the class has
+  ** masked packs, their own tile (an mma.sync one; kept on the same rule against the class's).
   ** The table is rewritten after every class, so an interrupted run keeps what it measured. */
   pat_tuning tab = {.has_split = 1, .split = best_split};
   snprintf(tab.spec, sizeof tab.spec, "%s", base.name);
@@ -287,44 +291,50 @@ int main(int argc, char **argv)
   static const int token_bound[PAT_TOKEN_CLASSES] = {64, 256, 1024, 65536};
   for (int gi = 0; gi < spec.num_gqa; gi++) {
     const int g = spec.gqa[gi];
-    int counts[MAX_TREES][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
+    int counts[MAX_TREES][2][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
     for (int i = 0; i < t.ntrees; i++)
       if (class_counts(&t, gi, i, counts[i])) return 1;
     double start = score(&t, gi);
     for (int rc = 0, rows = 16; rc < PAT_ROW_CLASSES; rc++, rows *= 2) {
       for (int tc = 0; tc < PAT_TOKEN_CLASSES; tc++) {
-        /* Only the trees with packs in this class can change: score on those. */
-        char use[MAX_TREES];
-        int nuse = 0;
-        for (int i = 0; i < t.ntrees; i++) nuse += use[i] = counts[i][rc][tc] > 0;
-        if (!nuse) continue;
-        double cur = score_of(&t, gi, use);
-        int choice = 0;
-        /* The context's tiles: those this GPU runs (pat_spec_keep_arch), in its order. */
-        for (int k = 0; k < live->num_tiles; k++) {
-          const pat_tile *tl = &live->tiles[k];
-          if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows)) continue;
-          live->tile_choice[gi][rc][tc] = (unsigned char)(k + 1);
-          double sc = score_of(&t, gi, use);
-          char label[48];
-          pat_tile_label(tl, label, sizeof label);
-          fprintf(stderr, "pattune: gqa %d rows <= %3d tokens <= %5d (%d trees): %s %.1f us (now %.1f)\n",
-                  g, rows, token_bound[tc], nuse, label, sc, cur);
-          if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
+        for (int masked = 0; masked < 2; masked++) {
+          /* Only the trees with packs in this class (masked ones, in the masked pass) can
+          ** change: score on those. */
+          char use[MAX_TREES];
+          int nuse = 0;
+          for (int i = 0; i < t.ntrees; i++)
+            nuse += use[i] = counts[i][1][rc][tc] > 0 || (!masked && counts[i][0][rc][tc] > 0);
+          if (!nuse) continue;
+          unsigned char *slot = masked ? &live->masked_choice[gi][rc][tc] : &live->tile_choice[gi][rc][tc];
+          double cur = score_of(&t, gi, use);
+          int choice = 0;
+          /* The context's tiles: those this GPU runs (pat_spec_keep_arch), in its order. */
+          for (int k = 0; k < live->num_tiles; k++) {
+            const pat_tile *tl = &live->tiles[k];
+            if (tl->m < rows || tl->m > (rows < 32 ? 32 : 2 * rows) || (masked && tl->wgmma)) continue;
+            *slot = (unsigned char)(k + 1);
+            double sc = score_of(&t, gi, use);
+            char label[48];
+            pat_tile_label(tl, label, sizeof label);
+            fprintf(stderr, "pattune: gqa %d rows <= %3d tokens <= %5d%s (%d trees): %s %.1f us (now %.1f)\n", g, rows,
+                    token_bound[tc], masked ? " masked" : "", nuse, label, sc, cur);
+            if (sc < cur * 0.99) { cur = sc; choice = k + 1; }
+          }
+          *slot = (unsigned char)choice;
+          if (choice)
+            tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tokens = token_bound[tc],
+                                                                 .masked = masked, .tile = live->tiles[choice - 1]};
+          snprintf(done, sizeof done, "Partial: swept up to gqa %d, rows <= %d, tokens <= %d%s.", g, rows,
+                   token_bound[tc], masked ? " (masked)" : "");
+          if (write_table(out_path, &tab, &ri, &t, done)) return 1;
         }
-        live->tile_choice[gi][rc][tc] = (unsigned char)choice;
-        if (choice)
-          tab.choices[tab.num_choices++] = (pat_tuning_choice){.gqa = g, .rows = rows, .tokens = token_bound[tc],
-                                                               .tile = live->tiles[choice - 1]};
-        snprintf(done, sizeof done, "Partial: swept up to gqa %d, rows <= %d, tokens <= %d.", g, rows, token_bound[tc]);
-        if (write_table(out_path, &tab, &ri, &t, done)) return 1;
       }
     }
     double end = score(&t, gi);
     ri.so += (size_t)snprintf(ri.summary + ri.so, sizeof ri.summary - ri.so, "gqa %d: %.1f -> %.1f us\n", g, start, end);
     if (ri.so >= sizeof ri.summary) ri.so = sizeof ri.summary - 1;
   }
-  if (write_table(out_path, &tab, &ri, &t, "Complete: every GQA ratio, row class and token class swept.")) return 1;
+  if (write_table(out_path, &tab, &ri, &t, "Complete: every GQA ratio, row class and token class swept, masked packs apart.")) return 1;
 
   /* Check the table reads back and applies to the spec as written. */
   pat_tuning back;

@@ -43,7 +43,7 @@ static const char *const split_keys[] = {"min_kv_per_split", "max_splits", "ctas
                                          "mma_rows_per_token", "masked_packs"};
 static const char *const tuning_keys[] = {"spec", "gpu", "split", "choices"};
 static const char *const choice_keys[] = {"gqa", "rows", "tokens", "m", "n", "warps", "stages",
-                                          "warp_rows", "wgmma"};
+                                          "warp_rows", "wgmma", "masked"};
 #define NKEYS(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 static const int valid_archs[] = {80, 86, 89, 90};
@@ -754,17 +754,17 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
   snprintf(where, sizeof where, "choices[%d]: ", index);
   if (n->type != YAML_MAPPING_NODE)
     return fail_type(c, n, "choices[]",
-                     "a mapping with keys gqa, rows, tokens, m, n, warps, stages (and warp_rows, wgmma)");
-  int have[9] = {0};
-  int *fields[9] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps,
-                    &ch->tile.stages, &ch->tile.warp_rows, &ch->tile.wgmma};
+                     "a mapping with keys gqa, rows, tokens, m, n, warps, stages (and warp_rows, wgmma, masked)");
+  int have[10] = {0};
+  int *fields[10] = {&ch->gqa, &ch->rows, &ch->tokens, &ch->tile.m, &ch->tile.n, &ch->tile.warps,
+                     &ch->tile.stages, &ch->tile.warp_rows, &ch->tile.wgmma, &ch->masked};
   for (int i = 0; i < mapping_size(n); i++) {
     int which = 0;
     if (map_key(c, n, i, where, choice_keys, NKEYS(choice_keys), &which))
       return -1;
     char what[48];
     snprintf(what, sizeof what, "choices[%d]: %s", index, choice_keys[which]);
-    const int lo = which == 8 ? 0 : 1, hi = which == 8 ? 1 : 65536;  /* wgmma: 0 or 1 */
+    const int lo = which >= 8 ? 0 : 1, hi = which >= 8 ? 1 : 65536;  /* wgmma, masked: 0 or 1 */
     if (get_int_range(c, node_at(c, n->data.mapping.pairs.start[i].value), what, lo, hi, fields[which]))
       return -1;
     have[which] = 1;
@@ -776,6 +776,10 @@ static int parse_choice(const parse_ctx *c, const yaml_node_t *n, int index, pat
     ch->tile.warp_rows = 16;
   if (!have[8])
     ch->tile.wgmma = 0;
+  if (!have[9])
+    ch->masked = 0;
+  if (ch->masked && ch->tile.wgmma)
+    return fail_node(c, n, "choices[%d]: a masked pack takes an mma.sync tile, not a wgmma one", index);
   if (ch->rows != 16 && ch->rows != 32 && ch->rows != 64 && ch->rows != 128 && ch->rows != 256)
     return fail_node(c, n, "choices[%d]: rows must be 16, 32, 64, 128 or 256, got %d", index, ch->rows);
   if (ch->tokens != 64 && ch->tokens != 256 && ch->tokens != 1024 && ch->tokens != 65536)
@@ -831,9 +835,10 @@ static int tuning_root(const parse_ctx *c, void *tmp)
           return -1;
         for (int j = 0; j < k; j++)
           if (t->choices[j].gqa == t->choices[k].gqa && t->choices[j].rows == t->choices[k].rows &&
-              t->choices[j].tokens == t->choices[k].tokens)
-            return fail_node(c, item, "choices[%d]: gqa %d, rows %d, tokens %d already chosen at choices[%d]", k,
-                             t->choices[k].gqa, t->choices[k].rows, t->choices[k].tokens, j);
+              t->choices[j].tokens == t->choices[k].tokens && t->choices[j].masked == t->choices[k].masked)
+            return fail_node(c, item, "choices[%d]: gqa %d, rows %d, tokens %d%s already chosen at choices[%d]", k,
+                             t->choices[k].gqa, t->choices[k].rows, t->choices[k].tokens,
+                             t->choices[k].masked ? " (masked)" : "", j);
       }
       t->num_choices = count;
     }

@@ -59,6 +59,8 @@ typedef struct pat_spec {
   ** in token class t; 0 leaves the choice to the cost model, which looks at the first
   ** num_model_tiles tiles only (0: all; tiles a table adds are used where it names them). */
   unsigned char tile_choice[PAT_MAX_GQA][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
+  /* The same for masked packs (a subtree in one pack) only; 0 there: the class's tile_choice. */
+  unsigned char masked_choice[PAT_MAX_GQA][PAT_ROW_CLASSES][PAT_TOKEN_CLASSES];
   int num_model_tiles;
 
   /* Where each field was written, for messages from later checks (templates, runtime). */
@@ -82,11 +84,13 @@ const char *pat_dtype_name(pat_dtype dtype);   /* "fp16" or "bf16" */
 
 /* A tuning table as read from YAML (bench/tune.c writes them; specs/README.md shows one):
 ** which spec and GPU it was measured for, a split policy, and tile choices per (GQA, row
-** class). Plain data. */
+** class, token class), for all packs or for masked packs only. Plain data. */
 typedef struct pat_tuning_choice {
   int gqa;
   int rows;       /* the row class's upper bound: 16, 32, 64, 128 or 256 */
   int tokens;     /* the token class's upper bound: 64, 256, 1024, or 65536 for all longer */
+  int masked;     /* 1: for the class's masked packs only (an mma.sync tile); 0: for all its packs,
+                  ** masked ones too where no masked choice is given */
   pat_tile tile;
 } pat_tuning_choice;
 
@@ -97,7 +101,7 @@ typedef struct pat_tuning {
   int has_split;
   pat_split_policy split;
   int num_choices;
-  pat_tuning_choice choices[PAT_MAX_GQA * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES];
+  pat_tuning_choice choices[2 * PAT_MAX_GQA * PAT_ROW_CLASSES * PAT_TOKEN_CLASSES];  /* plain, masked */
 } pat_tuning;
 
 /* Parses a tuning table (keys: spec, gpu, split, choices; others such as date are kept as

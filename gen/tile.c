@@ -218,10 +218,11 @@ int pat_spec_keep_arch(pat_spec *s, int arch, char *err, size_t errlen)
   if (!s->num_model_tiles) n.num_model_tiles = 0;  /* still all of them */
   for (int g = 0; g < PAT_MAX_GQA; g++)
     for (int r = 0; r < PAT_ROW_CLASSES; r++)
-      for (int t = 0; t < PAT_TOKEN_CLASSES; t++) {
-        unsigned char *c = &n.tile_choice[g][r][t];
-        if (*c) *c = map[*c - 1] < 0 ? 0 : (unsigned char)(map[*c - 1] + 1);
-      }
+      for (int t = 0; t < PAT_TOKEN_CLASSES; t++)
+        for (int m = 0; m < 2; m++) {
+          unsigned char *c = m ? &n.masked_choice[g][r][t] : &n.tile_choice[g][r][t];
+          if (*c) *c = map[*c - 1] < 0 ? 0 : (unsigned char)(map[*c - 1] + 1);
+        }
   int dropped = s->num_tiles - kept;
   *s = n;
   return dropped;

@@ -51,7 +51,8 @@ int pat_tuning_apply(const pat_tuning *t, pat_spec *s, char *err, size_t errlen)
       }
       n.tiles[n.num_tiles++] = c->tile;
     }
-    n.tile_choice[g][pat_row_class(c->rows)][pat_token_class(c->tokens)] = (unsigned char)(k + 1);
+    unsigned char(*choice)[PAT_ROW_CLASSES][PAT_TOKEN_CLASSES] = c->masked ? n.masked_choice : n.tile_choice;
+    choice[g][pat_row_class(c->rows)][pat_token_class(c->tokens)] = (unsigned char)(k + 1);
   }
   *s = n;
   return 0;
@@ -97,7 +98,8 @@ int pat_tuning_write(FILE *f, const pat_tuning *t, const char *comment)
     fprintf(f, "  - {gqa: %d, rows: %d, tokens: %d, m: %d, n: %d, warps: %d, stages: %d", c->gqa, c->rows,
             c->tokens, c->tile.m, c->tile.n, c->tile.warps, c->tile.stages);
     if (pat_tile_warp_rows(&c->tile) != 16) fprintf(f, ", warp_rows: %d", pat_tile_warp_rows(&c->tile));
-    fprintf(f, c->tile.wgmma ? ", wgmma: 1}\n" : "}\n");
+    if (c->tile.wgmma) fprintf(f, ", wgmma: 1");
+    fprintf(f, c->masked ? ", masked: 1}\n" : "}\n");
   }
   return ferror(f) ? -1 : 0;
 }

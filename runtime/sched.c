@@ -997,15 +997,16 @@ static int split_packs(ctx *c, int32_t *cnt)
   return 0;
 }
 
-/* The tile a tuning table chose for `rows` rows and T tokens at GQA index gi; else the tile with the least
-** cost for `rows` query rows and `T` tokens, smallest M on ties. A masked pack takes an
-** mma.sync tile (the wgmma kernel has no masks). */
+/* The tile a tuning table chose for `rows` rows and T tokens at GQA index gi (for a masked
+** pack, its masked choice first); else the tile with the least cost for `rows` query rows and
+** `T` tokens, smallest M on ties. A masked pack takes an mma.sync tile (the wgmma kernel has
+** no masks). */
 static int pick_tile(const pat_spec *s, int gi, int rows, int T, int masked)
 {
   int rc = pat_row_class(rows), tc = pat_token_class(T);
-  if (gi >= 0 && rc >= 0 && s->tile_choice[gi][rc][tc] > 0) {
-    int k = s->tile_choice[gi][rc][tc] - 1;
-    if (k < s->num_tiles && s->tiles[k].m >= rows && !(masked && s->tiles[k].wgmma)) return k;
+  for (int m = masked; gi >= 0 && rc >= 0 && m >= 0; m--) {
+    int k = (m ? s->masked_choice : s->tile_choice)[gi][rc][tc] - 1;
+    if (k >= 0 && k < s->num_tiles && s->tiles[k].m >= rows && !(masked && s->tiles[k].wgmma)) return k;
   }
   int best = -1;
   double bc = 0;

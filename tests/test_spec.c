@@ -459,6 +459,7 @@ Test(spec, wgmma_tile_and_arch_filter)
   s.tile_choice[0][3][2] = 2;  /* the wgmma tile */
   s.tile_choice[0][3][3] = 4;  /* the table's own tile, which moves to index 2 */
   s.tile_choice[0][2][1] = 3;  /* the m64 tile, which moves to index 1 */
+  s.masked_choice[0][2][1] = 4;  /* masked packs' choices move the same way */
   cr_assert_eq(pat_spec_keep_arch(&s, 80, err, sizeof err), 1, "%s", err);
   cr_assert_eq(s.num_tiles, 3);
   cr_expect(s.tiles[0].m == 16 && s.tiles[1].m == 64 && s.tiles[2].m == 128 && !s.tiles[2].wgmma);
@@ -466,6 +467,7 @@ Test(spec, wgmma_tile_and_arch_filter)
   cr_expect_eq(s.tile_choice[0][3][2], 0);
   cr_expect_eq(s.tile_choice[0][3][3], 3);
   cr_expect_eq(s.tile_choice[0][2][1], 2);
+  cr_expect_eq(s.masked_choice[0][2][1], 3);
 
   const char *only = "name: wgonly\ngqa: [8]\ntiles: [{m: 64, n: 64, warps: 4, stages: 3, wgmma: 1}]\n";
   cr_assert_eq(parse_str(only, &s, err, sizeof err), 0, "%s", err);

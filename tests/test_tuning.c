@@ -73,6 +73,13 @@ Test(tuning, bad_tables_name_the_place)
      "t.yaml:4:5: error: choices[1]: gqa 4, rows 16, tokens 64 already chosen at choices[0]"},
     {"spec: Default\n", "t.yaml:1:7: error: name: expected [a-z0-9_]+ of at most 63 characters, got 'Default'"},
     {"spec: default\nsplit: {ctas_per_sm: 0}\n", "t.yaml:2:22: error: split: ctas_per_sm: must be 1..64, got 0"},
+    {"spec: default\nchoices:\n  - {gqa: 8, rows: 128, tokens: 64, m: 128, n: 64, warps: 8, stages: 3, wgmma: 1, masked: 1}\n",
+     "t.yaml:3:5: error: choices[0]: a masked pack takes an mma.sync tile, not a wgmma one"},
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 64, warps: 1, stages: 2, masked: 2}\n",
+     "t.yaml:3:79: error: choices[0]: masked: must be 0..1, got 2"},
+    {"spec: default\nchoices:\n  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 64, warps: 1, stages: 2, masked: 1}\n"
+     "  - {gqa: 4, rows: 16, tokens: 64, m: 16, n: 32, warps: 1, stages: 2, masked: 1}\n",
+     "t.yaml:4:5: error: choices[1]: gqa 4, rows 16, tokens 64 (masked) already chosen at choices[0]"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
     pat_tuning t;
@@ -294,5 +301,88 @@ Test(tuning, scheduler_follows_choices_and_the_model_keeps_its_tiles)
   pat_host_plan_free(&base);
   pat_host_plan_free(&extra);
   pat_host_plan_free(&forced);
+  pat_workload_free(&w);
+}
+
+/* A masked choice: read, written back with its key, applied to masked_choice only; the same
+** class may hold a plain choice beside it. */
+Test(tuning, masked_choice_round_trip_and_apply)
+{
+  pat_tuning t = parse_ok("spec: default\ngpu: \"G\"\nchoices:\n"
+                          "  - {gqa: 2, rows: 32, tokens: 1024, m: 32, n: 32, warps: 2, stages: 2}\n"
+                          "  - {gqa: 2, rows: 32, tokens: 1024, m: 32, n: 64, warps: 4, stages: 3, masked: 1}\n");
+  cr_assert_eq(t.num_choices, 2);
+  cr_assert_eq(t.choices[0].masked, 0);
+  cr_assert_eq(t.choices[1].masked, 1);
+  char *buf = written(&t, "x");
+  cr_assert(strstr(buf, "warps: 4, stages: 3, masked: 1}\n"), "%s", buf);
+  cr_assert(strstr(buf, "warps: 2, stages: 2}\n"), "masked 0 is not written: %s", buf);
+  pat_tuning back = parse_ok(buf);
+  cr_assert_eq(back.choices[1].masked, 1);
+  free(buf);
+
+  pat_spec s;
+  pat_spec_defaults(&s);
+  char err[512];
+  cr_assert_eq(pat_tuning_apply(&back, &s, err, sizeof err), 0, "%s", err);
+  const int gi = 1, rc = 1, tc = 2;  /* gqa 2, rows <= 32, tokens <= 1024 */
+  cr_assert_gt(s.tile_choice[gi][rc][tc], 0);
+  cr_assert_gt(s.masked_choice[gi][rc][tc], 0);
+  const pat_tile *plain = &s.tiles[s.tile_choice[gi][rc][tc] - 1], *masked = &s.tiles[s.masked_choice[gi][rc][tc] - 1];
+  cr_assert_eq(plain->n, 32);
+  cr_assert_eq(masked->n, 64);
+  cr_assert_eq(masked->stages, 3);
+  int set = 0;
+  for (int g = 0; g < PAT_MAX_GQA; g++)
+    for (int r = 0; r < PAT_ROW_CLASSES; r++)
+      for (int k = 0; k < PAT_TOKEN_CLASSES; k++) set += s.masked_choice[g][r][k] != 0;
+  cr_assert_eq(set, 1);
+}
+
+/* Masked packs follow their class's masked choice where there is one, the plain choice where
+** there is not; plain packs never take the masked choice. */
+Test(tuning, scheduler_gives_masked_packs_their_own_choice)
+{
+  pat_spec s;
+  pat_spec_defaults(&s);
+  cr_assert(s.split.masked_packs, "the default plans masked packs");
+  pat_workload w;
+  char err[512];
+  cr_assert_eq(pat_tree_parse("1,4,16,512_1024,256,128,32", 32, 5, &w, err, sizeof err), 0, "%s", err);
+  const int gqa = 2, gi = 1;
+  /* Two mma.sync tiles of 32 rows not in the spec: one for the plain choice, one masked. */
+  pat_tuning t = parse_ok("spec: default\nchoices:\n"
+                          "  - {gqa: 2, rows: 32, tokens: 1024, m: 32, n: 16, warps: 2, stages: 2}\n"
+                          "  - {gqa: 2, rows: 32, tokens: 1024, m: 32, n: 128, warps: 2, stages: 2, masked: 1}\n");
+  cr_assert_eq(pat_tuning_apply(&t, &s, err, sizeof err), 0, "%s", err);
+  const int tp = s.tile_choice[gi][1][2] - 1, tm = s.masked_choice[gi][1][2] - 1;
+  cr_assert(tp >= 0 && tm >= 0 && tp != tm);
+  pat_spec plain_only = s;
+  memset(plain_only.masked_choice, 0, sizeof plain_only.masked_choice);
+
+  pat_host_plan both, fallback;
+  build(&w, &s, gqa, &both);
+  build(&w, &plain_only, gqa, &fallback);
+  int nmasked = 0;
+  for (int v = 0; v < 2; v++) {
+    const pat_host_plan *p = v ? &fallback : &both;
+    int *tiles = pack_tiles(p);
+    for (int i = 0; i < p->num_packs; i++) {
+      const pat_pack *pk = &p->packs[i];
+      int rows = pk->num_queries * gqa;
+      if (rows <= 16 || rows > 32 || pk->kv_len <= 256 || pk->kv_len > 1024) continue;
+      if (pk->masked) {
+        nmasked += !v;
+        cr_assert_eq(tiles[i], v ? tp : tm, "masked pack %d (%s): tile %d", i, v ? "no masked choice" : "masked choice",
+                     tiles[i]);
+      } else {
+        cr_assert_eq(tiles[i], tp, "plain pack %d: tile %d", i, tiles[i]);
+      }
+    }
+    free(tiles);
+  }
+  cr_assert_gt(nmasked, 0, "the tree has masked packs of 17-32 rows and 257-1024 tokens");
+  pat_host_plan_free(&both);
+  pat_host_plan_free(&fallback);
   pat_workload_free(&w);
 }
