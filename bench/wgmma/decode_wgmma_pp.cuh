@@ -55,16 +55,10 @@ struct pat_decode_wgmma_pp {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp / 4;
     const int rows = pk.num_queries * C::GQA;
 
-    int *s_pages = reinterpret_cast<int *>(smem);
-    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4, ring = sQ + Q_BYTES;
-    const u16 *q = static_cast<const u16 *>(p.q);
-    const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
-    const int kv_len = pk.kv_len;
-    const int *pages = p.pages + pk.page_begin;
-    K::stage(p, pk, s_pages, pages, sQ, q, kvh, rows, tid);
+    const pat_wgmma_kv_args kv = K::begin(p, pk, smem, kvh, rows, tid, kmap, vmap);
     cp_async_commit();
-    const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
-                                  kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
+    const u32 ring = kv.ring, sQ = ring - Q_BYTES;
+    const int kv_len = pk.kv_len;
     const u32 empty0 = kv.extra + tma::EXTRA_BYTES;
     if (tid == 0)
       for (int s = 0; s < STAGES; s++) mbar_init(empty0 + 8 * s, WARPS);

@@ -238,6 +238,22 @@ struct pat_decode_wgmma {
     }
   }
 
+  // A CTA's start: the pack's page ids and Q rows staged (stage, not committed), and what the
+  // loader needs (loader::load(kv, slot, step) puts K and V of step `step` into ring slot
+  // `slot`). Shared memory: the page window, Q at kv.ring - Q_BYTES, the ring, the loader's.
+  static __device__ __forceinline__ pat_wgmma_kv_args begin(const pat_fwd_params &p, const pat_pack &pk,
+                                                            unsigned char *smem, int kvh, int rows, int tid,
+                                                            const void *kmap, const void *vmap)
+  {
+    int *s_pages = reinterpret_cast<int *>(smem);
+    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4, ring = sQ + Q_BYTES;
+    const int *pages = p.pages + pk.page_begin;
+    stage(p, pk, s_pages, pages, sQ, static_cast<const u16 *>(p.q), kvh, rows, tid);
+    return {static_cast<const u16 *>(p.k_cache), static_cast<const u16 *>(p.v_cache), s_pages, pages,
+            (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh, pk.kv_len, ring,
+            ring + STAGES * 2 * KV_BYTES, kmap, vmap};
+  }
+
   // One CTA: pack `pack` of the launch against kv head `kvh` (the kernel's wrapper maps its
   // block index to the two). kmap, vmap: the loader's descriptors, when it has any.
   static __device__ __forceinline__ void run(const pat_fwd_params &p, unsigned char *smem, u32 pack, int kvh,
@@ -249,19 +265,9 @@ struct pat_decode_wgmma {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int rows = pk.num_queries * C::GQA;
 
-    int *s_pages = reinterpret_cast<int *>(smem);
-    const u32 sQ = smem_u32(smem) + PAGE_WINDOW * 4, ring = sQ + Q_BYTES;
-    const u16 *q = static_cast<const u16 *>(p.q);
-    const u16 *kc = static_cast<const u16 *>(p.k_cache), *vc = static_cast<const u16 *>(p.v_cache);
-
+    const pat_wgmma_kv_args kv = begin(p, pk, smem, kvh, rows, tid, kmap, vmap);
+    const u32 ring = kv.ring, sQ = ring - Q_BYTES;
     const int kv_len = pk.kv_len;
-    const int *pages = p.pages + pk.page_begin;
-    stage(p, pk, s_pages, pages, sQ, q, kvh, rows, tid);
-
-    // What the loader needs: loader::load(kv, slot, step) puts K and V of step `step` into
-    // ring slot `slot`.
-    const pat_wgmma_kv_args kv = {kc, vc, s_pages, pages, (long long)C::PAGE_SIZE * p.kv_heads * D, p.kv_heads, kvh,
-                                  kv_len, ring, ring + STAGES * 2 * KV_BYTES, kmap, vmap};
     loader::init(kv);
     __syncthreads();  // the page window is written (and the loader set up)
 
