@@ -28,8 +28,16 @@ __global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long
     const uint4 w = __ldcs(p + i);
     s += (unsigned long long)w.x + w.y + w.z + w.w;
   }
+  // One atomic a CTA, not a warp: thousands of same-address atomics would take microseconds
+  // of their own at the small sizes this is meant to read.
+  __shared__ unsigned long long warp_sum[32];
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < blockDim.x / 32; w++) s += warp_sum[w];
+    atomicAdd(out, s);
+  }
 }
 
 float median(std::vector<float> v)
