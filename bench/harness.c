@@ -563,6 +563,58 @@ done:
   return best;
 }
 
+int harness_measure_copy_ramp(pat_context *ctx, harness_copy_ramp *r, char *err, size_t errlen)
+{
+  enum { WARMUP = 3, RUNS = 20 };
+  const pat_cuda *cu = ctx->cu;
+  const size_t pool_bytes = (size_t)1 << 30;
+  CUdeviceptr pool = 0, dst = 0;
+  CUevent e0 = NULL, e1 = NULL;
+  const harness hh = {.cu = cu}, *h = &hh;
+  int rc = -1;
+  memset(r, 0, sizeof *r);
+  if (CK(cu->cuCtxSetCurrent(ctx->cuctx)) || CK(cu->cuMemAlloc(&pool, pool_bytes)) ||
+      CK(cu->cuMemAlloc(&dst, pool_bytes / 2)) || CK(cu->cuEventCreate(&e0, 0)) || CK(cu->cuEventCreate(&e1, 0)) ||
+      CK(cu->cuMemsetD8(pool, 1, pool_bytes)))
+    goto done;
+  for (int i = 0; i < HARNESS_RAMP_SIZES; i++) {
+    const size_t copy = ((size_t)1 << 20 << i) / 2, slices = pool_bytes / copy;
+    float t[RUNS];
+    for (int k = 0; k < WARMUP + RUNS; k++) {
+      /* Slices in turn: the one read last run is never read again next run. */
+      const CUdeviceptr src = pool + (size_t)k % slices * copy;
+      float ms = 0;
+      if (CK(cu->cuEventRecord(e0, NULL)) || CK(cu->cuMemcpyDtoD(dst, src, copy)) || CK(cu->cuEventRecord(e1, NULL)) ||
+          CK(cu->cuEventSynchronize(e1)) || CK(cu->cuEventElapsedTime(&ms, e0, e1)))
+        goto done;
+      if (k >= WARMUP) t[k - WARMUP] = ms * 1000.f;
+    }
+    qsort(t, RUNS, sizeof *t, cmp_float);
+    r->bytes[i] = 2.0 * (double)copy;
+    r->us[i] = t[RUNS / 2];
+    r->n = i + 1;
+  }
+  rc = 0;
+done:
+  if (pool) cu->cuMemFree(pool);
+  if (dst) cu->cuMemFree(dst);
+  if (e0) cu->cuEventDestroy(e0);
+  if (e1) cu->cuEventDestroy(e1);
+  return rc;
+}
+
+double harness_copy_ramp_us(const harness_copy_ramp *r, double bytes)
+{
+  if (r->n <= 0 || bytes <= 0) return 0;
+  if (bytes <= r->bytes[0]) return r->us[0];
+  for (int i = 1; i < r->n; i++)
+    if (bytes <= r->bytes[i]) {
+      const double f = log(bytes / r->bytes[i - 1]) / log(r->bytes[i] / r->bytes[i - 1]);
+      return r->us[i - 1] * pow(r->us[i] / r->us[i - 1], f);
+    }
+  return r->us[r->n - 1] * bytes / r->bytes[r->n - 1];
+}
+
 double harness_floor_bytes(const harness *h)
 {
   double kv = (double)h->w->unique_tokens * h->kv_heads * h->head_dim * 2 * 2;

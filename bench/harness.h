@@ -85,6 +85,25 @@ void harness_time_plans(harness *h, int on);
 /* Device-to-device copy bandwidth in bytes/s (read + written) over a 1 GiB buffer. */
 double harness_copy_bandwidth(pat_context *ctx);
 
+/* How long a plain device-to-device copy takes against the bytes it moves (read + written),
+** cold in L2: the floor's 1 GiB rate is not reached by a transfer of a small tree's size. */
+enum { HARNESS_RAMP_SIZES = 11 };
+typedef struct harness_copy_ramp {
+  int n;                                /* sizes measured */
+  double bytes[HARNESS_RAMP_SIZES];     /* read + written: 1 MiB, 2 MiB, ... 1 GiB */
+  double us[HARNESS_RAMP_SIZES];        /* median time of each */
+} harness_copy_ramp;
+
+/* Times copies that move 1 MiB to 1 GiB (read + written, doubling), each run from a slice of
+** a 1 GiB pool that the run before did not read, median of 20 runs after 3 warm-ups. Returns
+** 0, or -1 with a message. */
+int harness_measure_copy_ramp(pat_context *ctx, harness_copy_ramp *r, char *err, size_t errlen);
+
+/* A copy's time for `bytes` (read + written) by r: log-log interpolation between its sizes;
+** below the smallest, the smallest's time (a transfer's fixed cost dominates there); past the
+** largest, at the largest's rate. */
+double harness_copy_ramp_us(const harness_copy_ramp *r, double bytes);
+
 /* Unique bytes the workload must move: unique KV tokens x kv heads x head_dim x 2 (K, V) x
 ** element size, plus q and out. */
 double harness_floor_bytes(const harness *h);

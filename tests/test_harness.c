@@ -3,6 +3,7 @@
 ** the queries it says. Criterion suite "harness". */
 #include <criterion/criterion.h>
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,4 +71,22 @@ Test(harness, nans_and_wrong_values_are_caught)
   cr_expect(r.max_abs_err > 0.01, "max abs %.3e", r.max_abs_err);
   harness_destroy(h);
   pat_workload_free(&w);
+}
+
+/* The copy ramp's reading between, below and past its sizes (patbench's same-bytes copy). */
+Test(harness, copy_ramp_interpolates)
+{
+  const double MiB = 1 << 20;
+  harness_copy_ramp r = {.n = 3, .bytes = {MiB, 2 * MiB, 4 * MiB}, .us = {10, 12, 16}};
+  cr_expect_float_eq(harness_copy_ramp_us(&r, MiB / 2), 10, 1e-9, "below the smallest: its time");
+  cr_expect_float_eq(harness_copy_ramp_us(&r, MiB), 10, 1e-9);
+  cr_expect_float_eq(harness_copy_ramp_us(&r, 2 * MiB), 12, 1e-9);
+  cr_expect_float_eq(harness_copy_ramp_us(&r, 4 * MiB), 16, 1e-9);
+  /* Halfway in log bytes is halfway in log time: sqrt(12 x 16). */
+  cr_expect_float_eq(harness_copy_ramp_us(&r, sqrt(8.0) * MiB), sqrt(12.0 * 16.0), 1e-9);
+  cr_expect_float_eq(harness_copy_ramp_us(&r, 8 * MiB), 32, 1e-9, "past the largest: at its rate");
+  const double mid = harness_copy_ramp_us(&r, 3 * MiB);
+  cr_expect(mid > 12 && mid < 16, "3 MiB: %f", mid);
+  harness_copy_ramp empty = {0};
+  cr_expect_float_eq(harness_copy_ramp_us(&empty, MiB), 0, 0, "no sizes measured");
 }
