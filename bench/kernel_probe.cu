@@ -47,6 +47,9 @@
 #ifndef P_QREG
 #define P_QREG (P_D <= 128)  // Q fragments held in registers
 #endif
+#ifndef P_LATE
+#define P_LATE 0  // wgmma: a step's K/V copies issued after its GEMMs (C::LATE_LOAD)
+#endif
 #ifndef P_WGMMA
 #define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused); 3: with TMA loads; 4: ping-pong
 #endif
@@ -57,6 +60,7 @@ struct cfg {
   static constexpr int HEAD_DIM = P_D, PAGE_SIZE = P_PAGE, GQA = P_G, TILE_M = P_M, TILE_N = P_N,
                        WARPS_M = P_WM, WARPS_N = P_W / P_WM, STAGES = P_S;
   static constexpr bool Q_IN_REGS = P_QREG;
+  static constexpr bool LATE_LOAD = P_LATE;
 #if P_WGMMA == 3
   typedef pat_wgmma_kv_tma<cfg> KvLoader;
 #endif

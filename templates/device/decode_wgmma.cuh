@@ -63,8 +63,15 @@ template <class C> struct pat_wgmma_q_regs<C, typename pat_void<decltype(C::Q_IN
   static constexpr bool value = C::Q_IN_REGS;
 };
 
+// C::LATE_LOAD when C names it, else false.
+template <class C, class = void> struct pat_wgmma_late_load { static constexpr bool value = false; };
+template <class C> struct pat_wgmma_late_load<C, typename pat_void<decltype(C::LATE_LOAD)>::type> {
+  static constexpr bool value = C::LATE_LOAD;
+};
+
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
-// STAGES (>= 3); optionally KvLoader (above) and Q_IN_REGS (S's A operand from registers).
+// STAGES (>= 3); optionally KvLoader (above), Q_IN_REGS (S's A operand from registers) and
+// LATE_LOAD (a step's K/V copies issued after its GEMMs, not before).
 template <class C>
 struct pat_decode_wgmma {
   typedef typename C::Elem E;
@@ -74,6 +81,7 @@ struct pat_decode_wgmma {
   static constexpr int PAGE_WINDOW = PAT_PAGE_WINDOW;  // page ids staged in shared memory
   typedef typename pat_wgmma_loader<C>::type loader;
   static constexpr bool Q_REGS = pat_wgmma_q_regs<C>::value;
+  static constexpr bool LATE_LOAD = pat_wgmma_late_load<C>::value;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
   // for the swizzle), the Q tile, the K/V ring, the loader's own. gen/tile.c computes the
@@ -277,12 +285,15 @@ struct pat_decode_wgmma {
       if (s < steps) loader::load(kv, s, s);
       cp_async_commit();
     }
-    // Waits until step `it` landed for every thread, then loads step it + LOOKAHEAD into the
-    // slot that no issued or coming wgmma reads any more.
-    auto next_stage = [&](int it) {
+    // Waits until step `it` landed for every thread (and every thread's wgmmas of step it - 2
+    // completed); then refill loads step it + LOOKAHEAD into the slot that no issued or
+    // coming wgmma reads any more.
+    auto ready = [&](int it) {
       loader::wait(kv, it, steps);
       fence_proxy_async();
       __syncthreads();
+    };
+    auto refill = [&](int it) {
       if (it + LOOKAHEAD < steps) loader::load(kv, (it + LOOKAHEAD) % STAGES, it + LOOKAHEAD);
       cp_async_commit();
     };
@@ -301,11 +312,14 @@ struct pat_decode_wgmma {
     const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
     qfrag qf;
 
-    // One step: S of it+1 and P V of it issued, then the softmax of it+1 beside them.
+    // One step: S of it+1 and P V of it issued, then the softmax of it+1 beside them. With
+    // LATE_LOAD the refill's copies follow the GEMMs, so the tensor cores start sooner.
     auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
-      next_stage(it + 1);
+      ready(it + 1);
+      if constexpr (!LATE_LOAD) refill(it + 1);
       issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
       issue_pv(o, pcur, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
+      if constexpr (LATE_LOAD) refill(it + 1);
       wgmma_wait<1>();
       fence_regs(s);
       softmax(s, pnext, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
@@ -315,7 +329,8 @@ struct pat_decode_wgmma {
     };
 
     // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
-    next_stage(0);  // Q landed with step 0
+    ready(0);  // Q landed with step 0
+    refill(0);
     load_q(qf, sQ, warp, lane);
     issue_s(s, qf, qa, ring);
     wgmma_wait<0>();
