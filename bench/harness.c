@@ -531,76 +531,93 @@ done:
   return rc;
 }
 
+/* A source pool, a destination and two events for timing device-to-device copies. */
+typedef struct copy_timer {
+  const pat_cuda *cu;
+  CUdeviceptr src, dst;
+  CUevent e0, e1;
+} copy_timer;
+
+static void copy_timer_close(copy_timer *t)
+{
+  if (t->src) t->cu->cuMemFree(t->src);
+  if (t->dst) t->cu->cuMemFree(t->dst);
+  if (t->e0) t->cu->cuEventDestroy(t->e0);
+  if (t->e1) t->cu->cuEventDestroy(t->e1);
+}
+
+/* src_bytes of source (every byte set, so no page is first touched while timed) and
+** dst_bytes of destination. Returns 0, or -1 with a message (t closed). */
+static int copy_timer_open(copy_timer *t, pat_context *ctx, size_t src_bytes, size_t dst_bytes, char *err,
+                           size_t errlen)
+{
+  *t = (copy_timer){.cu = ctx->cu};
+  const harness hh = {.cu = ctx->cu}, *h = &hh;
+  if (CK(t->cu->cuCtxSetCurrent(ctx->cuctx)) || CK(t->cu->cuMemAlloc(&t->src, src_bytes)) ||
+      CK(t->cu->cuMemAlloc(&t->dst, dst_bytes)) || CK(t->cu->cuEventCreate(&t->e0, 0)) ||
+      CK(t->cu->cuEventCreate(&t->e1, 0)) || CK(t->cu->cuMemsetD8(t->src, 1, src_bytes))) {
+    copy_timer_close(t);
+    return -1;
+  }
+  return 0;
+}
+
+/* One copy of `bytes` from src + offset to dst, timed with events: its time in *us. */
+static int copy_timer_run(copy_timer *t, size_t offset, size_t bytes, float *us, char *err, size_t errlen)
+{
+  const harness hh = {.cu = t->cu}, *h = &hh;
+  float ms = 0;
+  if (CK(t->cu->cuEventRecord(t->e0, NULL)) || CK(t->cu->cuMemcpyDtoD(t->dst, t->src + offset, bytes)) ||
+      CK(t->cu->cuEventRecord(t->e1, NULL)) || CK(t->cu->cuEventSynchronize(t->e1)) ||
+      CK(t->cu->cuEventElapsedTime(&ms, t->e0, t->e1)))
+    return -1;
+  *us = ms * 1000.f;
+  return 0;
+}
+
 double harness_copy_bandwidth(pat_context *ctx)
 {
-  const pat_cuda *cu = ctx->cu;
-  size_t n = (size_t)1 << 30;
-  CUdeviceptr a = 0, b = 0;
-  CUevent e0 = NULL, e1 = NULL;
-  double best = 0;
+  const size_t n = (size_t)1 << 30;
   char err[256];
-  size_t errlen = sizeof err;
-  const harness hh = {.cu = cu}, *h = &hh;
-  if (CK(cu->cuCtxSetCurrent(ctx->cuctx)) || CK(cu->cuMemAlloc(&a, n)) || CK(cu->cuMemAlloc(&b, n)) ||
-      CK(cu->cuEventCreate(&e0, 0)) || CK(cu->cuEventCreate(&e1, 0)))
-    goto done;
-  cu->cuMemsetD8(a, 1, n);
+  copy_timer t;
+  double best = 0;
+  if (copy_timer_open(&t, ctx, n, n, err, sizeof err)) return 0;
   for (int i = 0; i < 12; i++) {
-    float ms = 0;
-    cu->cuEventRecord(e0, NULL);
-    cu->cuMemcpyDtoD(b, a, n);
-    cu->cuEventRecord(e1, NULL);
-    cu->cuEventSynchronize(e1);
-    cu->cuEventElapsedTime(&ms, e0, e1);
-    double bw = 2.0 * (double)n / (ms * 1e-3);
+    float us;
+    if (copy_timer_run(&t, 0, n, &us, err, sizeof err)) break;
+    double bw = 2.0 * (double)n / (us * 1e-6);
     if (i >= 2 && bw > best) best = bw;
   }
-done:
-  if (a) cu->cuMemFree(a);
-  if (b) cu->cuMemFree(b);
-  if (e0) cu->cuEventDestroy(e0);
-  if (e1) cu->cuEventDestroy(e1);
+  copy_timer_close(&t);
   return best;
 }
 
 int harness_measure_copy_ramp(pat_context *ctx, harness_copy_ramp *r, char *err, size_t errlen)
 {
   enum { WARMUP = 3, RUNS = 20 };
-  const pat_cuda *cu = ctx->cu;
   const size_t pool_bytes = (size_t)1 << 30;
-  CUdeviceptr pool = 0, dst = 0;
-  CUevent e0 = NULL, e1 = NULL;
-  const harness hh = {.cu = cu}, *h = &hh;
-  int rc = -1;
+  copy_timer t;
   memset(r, 0, sizeof *r);
-  if (CK(cu->cuCtxSetCurrent(ctx->cuctx)) || CK(cu->cuMemAlloc(&pool, pool_bytes)) ||
-      CK(cu->cuMemAlloc(&dst, pool_bytes / 2)) || CK(cu->cuEventCreate(&e0, 0)) || CK(cu->cuEventCreate(&e1, 0)) ||
-      CK(cu->cuMemsetD8(pool, 1, pool_bytes)))
-    goto done;
+  if (copy_timer_open(&t, ctx, pool_bytes, pool_bytes / 2, err, errlen)) return -1;
   for (int i = 0; i < HARNESS_RAMP_SIZES; i++) {
     const size_t copy = ((size_t)1 << 20 << i) / 2, slices = pool_bytes / copy;
-    float t[RUNS];
+    float us[RUNS];
     for (int k = 0; k < WARMUP + RUNS; k++) {
       /* Slices in turn: the one read last run is never read again next run. */
-      const CUdeviceptr src = pool + (size_t)k % slices * copy;
-      float ms = 0;
-      if (CK(cu->cuEventRecord(e0, NULL)) || CK(cu->cuMemcpyDtoD(dst, src, copy)) || CK(cu->cuEventRecord(e1, NULL)) ||
-          CK(cu->cuEventSynchronize(e1)) || CK(cu->cuEventElapsedTime(&ms, e0, e1)))
-        goto done;
-      if (k >= WARMUP) t[k - WARMUP] = ms * 1000.f;
+      float u;
+      if (copy_timer_run(&t, (size_t)k % slices * copy, copy, &u, err, errlen)) {
+        copy_timer_close(&t);
+        return -1;
+      }
+      if (k >= WARMUP) us[k - WARMUP] = u;
     }
-    qsort(t, RUNS, sizeof *t, cmp_float);
+    qsort(us, RUNS, sizeof *us, cmp_float);
     r->bytes[i] = 2.0 * (double)copy;
-    r->us[i] = t[RUNS / 2];
+    r->us[i] = us[RUNS / 2];
     r->n = i + 1;
   }
-  rc = 0;
-done:
-  if (pool) cu->cuMemFree(pool);
-  if (dst) cu->cuMemFree(dst);
-  if (e0) cu->cuEventDestroy(e0);
-  if (e1) cu->cuEventDestroy(e1);
-  return rc;
+  copy_timer_close(&t);
+  return 0;
 }
 
 double harness_copy_ramp_us(const harness_copy_ramp *r, double bytes)

@@ -72,7 +72,10 @@ int main(int argc, char **argv)
   if (!out) { perror(out_path); return 1; }
   double bw = harness_copy_bandwidth(ctx);
   harness_copy_ramp ramp;
-  if (harness_measure_copy_ramp(ctx, &ramp, err, sizeof err)) { fprintf(stderr, "copy ramp: %s\n", err); return 1; }
+  if (harness_measure_copy_ramp(ctx, &ramp, err, sizeof err)) {
+    fprintf(stderr, "copy ramp: %s\n", err);
+    return 1;
+  }
   fprintf(stderr, "copies (MiB read + written: us):");
   for (int i = 0; i < ramp.n; i++) fprintf(stderr, " %.0f: %.1f", ramp.bytes[i] / (1 << 20), ramp.us[i]);
   fprintf(stderr, "\n");
@@ -124,7 +127,8 @@ int main(int argc, char **argv)
                 "\"kv_heads\":%d,\"method\":\"pat_%s\",\"median_us\":%.2f,\"min_us\":%.2f,"
                 "\"floor_us\":%.2f,\"bw_floor_us\":%.2f,\"flop_floor_us\":%.2f,\"x_floor\":%.3f,"
                 "\"copy_tbps\":%.3f,\"copy_same_us\":%.2f,\"x_copy_same\":%.3f,\"plan_us\":%.1f,"
-                "\"packs\":%d,\"ctas\":%d,\"launches\":%d,\"merges\":%d,\"kv_read_over_unique\":%.3f,\"rel_err\":%.3e,\"ok\":%s}\n",
+                "\"packs\":%d,\"ctas\":%d,\"launches\":%d,\"merges\":%d,\"kv_read_over_unique\":%.3f,"
+                "\"rel_err\":%.3e,\"ok\":%s}\n",
                 gpu, date, spec_path, trees[ti], qh, kvh, mode ? "direct" : "prefix", res.median_us,
                 res.min_us, r->floor_us, bw_floor, flop_floor, res.median_us / r->floor_us, bw / 1e12,
                 copy_us, res.median_us / r->copy_same_us, res.plan_us, res.info.num_packs, res.info.num_ctas,
