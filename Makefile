@@ -126,6 +126,8 @@ gpu-bundle: bin/patgen build/libpat.so $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
 	$(Q)$(MAKE) -s bin/patbench bin/pattune && cp bin/patbench bin/pattune build/gpu/
 	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
 	  xargs -r -I{} cp -L {} build/gpu/lib/
+	@# The source the bundle was built from: a carried bundle says which code it runs.
+	$(Q)(git describe --always --dirty 2>/dev/null || echo unknown) > build/gpu/SOURCE
 	@echo "gpu-bundle: build/gpu ($$(du -sh build/gpu | cut -f1)); run tests/gpu_run.sh on the GPU machine"
 
 generate: bin/patgen

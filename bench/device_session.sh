@@ -45,7 +45,7 @@ done
 $py -c 'import pytest' 2>/dev/null || export PYTHONPATH=$PWD/build/pylib
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 tag=$(echo "$gpu" | sed 's/NVIDIA //; s/ .*//' | tr 'A-Z' 'a-z')-$(date +%F)
-echo "GPU: $gpu   python: $py   tag: $tag"
+echo "GPU: $gpu   python: $py   tag: $tag   bundle: $(cat build/gpu/SOURCE 2>/dev/null || echo '?')"
 
 # The quick GPU suites (all but the long paper-tree sweep), failures and totals only.
 quick_tests() {
@@ -124,7 +124,7 @@ abfull)
     [ $b = gpu_base ] && n=${BASE_ITERS:-100} || n=${ITERS:-50}
     LD_LIBRARY_PATH=$PWD/build/$b/lib timeout 200 build/$b/patbench "${trees[@]}" --iters $n --check 2 \
       --out "$out/patbench-$b-$tag.jsonl" > "$out/patbench-$b-$tag.txt" 2>&1
-    echo "== $b, $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
+    echo "== $b ($(cat build/$b/SOURCE 2>/dev/null || echo '?')), $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
   done
   if ! ls bench/results/peers-flashinfer-${tag%%-*}-* >/dev/null 2>&1 && [ "${FI:-1}" = 1 ] &&
     [ $SECONDS -lt $((${DEADLINE:-560} - 180)) ]; then
