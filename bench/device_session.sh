@@ -19,6 +19,9 @@
 #             (the second the tuned patbench must end by, counted from the script's start: 560),
 #             TUNE_TREES (pattune's trees, "T1;T2...": the 10-tree subset, which fits the time box)
 #   tune      this GPU's table and the full set with it (readings' TUNE=1 step alone)
+#   next      one call for the experiments in flight (bench/NOTES.md, "the next device
+#             session"): build/copy_ramp and the wgmma probe (build/wg) when carried, then
+#             tune with the masked regression's tree added to the subset (TUNE_S 230)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -248,5 +251,11 @@ variants)
 tune)
   tune_table
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|subset|pdl|order|sass|leafheads"; exit 2 ;;
+next)
+  [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
+  [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 150 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
+    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
+  TUNE_TREES="$SUBSET_TREES;1,4,16,512_1024,256,128,32" TUNE_S=${TUNE_S:-230} tune_table
+  ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|next|subset|pdl|order|sass|leafheads"; exit 2 ;;
 esac
