@@ -17,11 +17,11 @@
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
 #             ITERS (100), FI=0 (no FlashInfer), TUNE_S (pattune's seconds, 160), DEADLINE
 #             (the second the tuned patbench must end by, counted from the script's start: 560),
-#             TUNE_TREES (pattune's trees, "T1;T2...": the 10-tree subset, which fits the time box)
+#             TUNE_TREES (pattune's trees, "T1;T2...": the 10-tree subset, which fits the time box),
+#             TUNE_EXTRA (trees added to the subset)
 #   tune      this GPU's table and the full set with it (readings' TUNE=1 step alone)
-#   next      one call for the experiments in flight (bench/NOTES.md, "the next device
-#             session"): build/copy_ramp and the wgmma probe (build/wg) when carried, then
-#             tune with the masked regression's tree added to the subset (TUNE_S 230)
+#   probes    build/copy_ramp and the wgmma probe (build/wg), whichever are carried (abfull's
+#             first steps alone)
 #   probe     per-kernel durations and DRAM bytes (ncu) on a few trees
 #   detail    ncu's occupancy, stall and throughput sections for one run's kernels
 #   ab        the quick GPU suites, then old (build/gpu_base) vs new kernels on small trees,
@@ -66,10 +66,17 @@ flashinfer_wheels() {
 # This GPU's tuning table (specs/default.tune.GPU.yaml: pattune on TUNE_TREES for TUNE_S
 # seconds), then the full set with it at 30 runs a case, ending by DEADLINE.
 tune_table() {
-  timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 --trees "${TUNE_TREES:-$SUBSET_TREES}" 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
+  timeout ${TUNE_S:-160} build/gpu/pattune --iters 15 --trees "${TUNE_TREES:-$SUBSET_TREES${TUNE_EXTRA:+;$TUNE_EXTRA}}" 2>&1 | tee "$out/pattune-$tag.log" | grep -v "^pattune: gqa" | tail -4
   cp specs/default.tune.*.yaml "$out/"
   timeout $((${DEADLINE:-560} - SECONDS)) build/gpu/patbench --iters 30 --check 2 --out "$out/patbench-tuned-$tag.jsonl" \
     > "$out/patbench-tuned-$tag.txt" 2>&1; tail -3 "$out/patbench-tuned-$tag.txt"
+}
+# The copy ramp (build/copy_ramp) and the wgmma probe's builds (build/wg), whichever are
+# carried; a probe build that hangs is dropped after RUN_S seconds.
+carried_probes() {
+  [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
+  [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 180 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
+    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
 }
 # Ten sharing trees, small and large, for A/B readings (x 4 head configs: 40 cases).
 SUBSET_TREES="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
@@ -119,9 +126,7 @@ probe)
   ;;
 abfull)
   timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
-  [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
-  [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 180 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
-    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
+  carried_probes
   trees=(); [ "${SUBSET:-0}" = 1 ] && trees=(--trees "$SUBSET_TREES")
   for b in gpu_base gpu; do
     [ $b = gpu_base ] && n=${BASE_ITERS:-100} || n=${ITERS:-50}
@@ -251,11 +256,8 @@ variants)
 tune)
   tune_table
   ;;
-next)
-  [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
-  [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 150 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
-    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
-  TUNE_TREES="$SUBSET_TREES;1,4,16,512_1024,256,128,32" TUNE_S=${TUNE_S:-230} tune_table
+probes)
+  carried_probes
   ;;
-*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|next|subset|pdl|order|sass|leafheads"; exit 2 ;;
+*) echo "usage: bench/device_session.sh tests|python|patbench|peers|readings|probe|detail|ab|wgmma|variants|final|tune|probes|subset|pdl|order|sass|leafheads"; exit 2 ;;
 esac
