@@ -1,9 +1,11 @@
 /* patgen: the command-line face of pat. Generates kernels from a spec, validates specs,
 ** compiles every kernel with NVRTC and reports its resources, and runs the default job. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "emit.h"
 #include "generate.h"
@@ -18,9 +20,10 @@ static void usage(FILE *f)
   fprintf(f,
     "usage: patgen SPEC.yaml -o DIR      generate the spec's kernels into DIR\n"
     "       patgen --check SPEC.yaml     validate a spec only\n"
-    "       patgen compile SPEC.yaml [--arch sm_XX]...\n"
+    "       patgen compile SPEC.yaml [--arch sm_XX]... [--cubin-dir DIR]\n"
     "                                    compile every kernel with NVRTC (no GPU needed) and\n"
-    "                                    print registers, spills and shared memory\n"
+    "                                    print registers, spills and shared memory;\n"
+    "                                    --cubin-dir writes the cubins (for cuobjdump -sass)\n"
     "       patgen run [SPEC.yaml] [--tree TREE] [--heads Q/KV] [--iters N] [--ordered-pages]\n"
     "                                    generate, compile and run a decode workload on the\n"
     "                                    GPU (default spec: specs/default.yaml; page ids are\n"
@@ -66,10 +69,29 @@ static double now_ms(void)
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* Compiles every kernel of the spec for each arch; prints one row per (kernel, arch). wgmma
-** kernels build for sm_90 only (as sm_90a). Fails if any kernel does not compile or spills. */
-static int cmd_compile(const char *spec_path, const int *archs, int num_archs)
+/* Writes a compiled kernel's cubin to DIR/NAME.TARGET.cubin (for cuobjdump -sass). */
+static int write_cubin(const char *dir, const char *name, const char *target, const pat_nvrtc_result *res)
 {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s.%s.cubin", dir, name, target);
+  FILE *f = fopen(path, "wb");
+  if (!f || fwrite(res->cubin, 1, res->cubin_size, f) != res->cubin_size || fclose(f)) {
+    fprintf(stderr, "patgen: cannot write %s: %s\n", path, strerror(errno));
+    if (f) fclose(f);
+    return -1;
+  }
+  return 0;
+}
+
+/* Compiles every kernel of the spec for each arch; prints one row per (kernel, arch). wgmma
+** kernels build for sm_90 only (as sm_90a). Fails if any kernel does not compile or spills.
+** cubin_dir: when not NULL, each kernel's cubin is written there too. */
+static int cmd_compile(const char *spec_path, const int *archs, int num_archs, const char *cubin_dir)
+{
+  if (cubin_dir && access(cubin_dir, W_OK)) {
+    fprintf(stderr, "patgen: cannot write cubins to %s: %s\n", cubin_dir, strerror(errno));
+    return 1;
+  }
   pat_spec spec;
   if (load_spec(spec_path, &spec)) return 1;
   if (num_archs == 0) {
@@ -110,6 +132,7 @@ static int cmd_compile(const char *spec_path, const int *archs, int num_archs)
       printf("%-44s %-6s %5d %6d %6d %7d %8.0f%s\n", k->name, target, res.registers, spills,
              res.stack_frame_bytes, k->smem_bytes, now_ms() - t0, spills > 0 ? "  SPILLS" : "");
       if (spills > 0) failures++;
+      if (cubin_dir && write_cubin(cubin_dir, k->name, target, &res)) failures++;
       pat_nvrtc_result_free(&res);
     }
   }
@@ -161,8 +184,11 @@ int main(int argc, char **argv)
       return 2;
     }
     int archs[8], n = 0;
+    const char *cubin_dir = NULL;
     for (int i = 3; i < argc; i++) {
-      if (!strcmp(argv[i], "--arch") && i + 1 < argc && n < 8) {
+      if (!strcmp(argv[i], "--cubin-dir") && i + 1 < argc) {
+        cubin_dir = argv[++i];
+      } else if (!strcmp(argv[i], "--arch") && i + 1 < argc && n < 8) {
         if (parse_arch(argv[++i], &archs[n])) {
           fprintf(stderr, "patgen: bad arch '%s' (want sm_80, sm_90, ...)\n", argv[i]);
           return 2;
@@ -173,7 +199,7 @@ int main(int argc, char **argv)
         return 2;
       }
     }
-    return cmd_compile(argv[2], archs, n);
+    return cmd_compile(argv[2], archs, n, cubin_dir);
   }
   if (!strcmp(cmd, "run")) return patgen_cmd_run(argc - 2, argv + 2);
   if (!strcmp(cmd, "plan")) return patgen_cmd_plan(argc - 2, argv + 2);

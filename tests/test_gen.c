@@ -196,6 +196,26 @@ Test(patgen, compile_reports_resources)
   cr_expect_eq(sh("bin/patgen compile tests/golden.yaml --arch sm_7", out, sizeof out), 2);
 }
 
+/* --cubin-dir writes one ELF cubin per kernel and target, named for both; a directory that
+** cannot be written fails before anything compiles. */
+Test(patgen, compile_writes_cubins)
+{
+  char out[16384];
+  cr_assert_eq(system("rm -rf build/test_cubins && mkdir -p build/test_cubins"), 0);
+  cr_expect_eq(sh("bin/patgen compile tests/wgmma.yaml --cubin-dir build/test_cubins", out, sizeof out), 0, "%s", out);
+  cr_expect_eq(sh("ls build/test_cubins | wc -l", out, sizeof out), 0);
+  cr_expect_eq(atoi(out), 5, "got: %s", out);
+  FILE *f = fopen("build/test_cubins/pat_fwd_wgmma_test_m128n64w8s3wg_g8.sm_90a.cubin", "rb");
+  cr_assert(f != NULL);
+  unsigned char magic[4] = {0};
+  cr_expect_eq(fread(magic, 1, 4, f), 4u);
+  fclose(f);
+  cr_expect(magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F');
+  cr_expect_eq(sh("bin/patgen compile tests/wgmma.yaml --cubin-dir build/test_cubins/none", out, sizeof out), 1);
+  cr_expect(strstr(out, "cannot write cubins to build/test_cubins/none") != NULL, "got: %s", out);
+  cr_expect(strstr(out, "kernel builds") == NULL, "got: %s", out);
+}
+
 /* A wgmma kernel builds for sm_90a with no spill, and is left out of an sm_80 build. */
 Test(patgen, compile_wgmma_for_sm90a_only)
 {

@@ -128,7 +128,8 @@ struct pat_decode_wgmma_pp {
       pass_turn();
       wgmma_wait<1>();
       fence_regs(s);
-      K::softmax(s, pnext, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
+      K::softmax(s, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
+      K::pack_p(s, pnext);
       wgmma_wait<0>();
       fence_regs(o);
       K::rescale_o(o, scale);
@@ -141,7 +142,8 @@ struct pat_decode_wgmma_pp {
     pass_turn();
     wgmma_wait<0>();
     fence_regs(s);
-    K::softmax(s, pa[0], row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
+    K::softmax(s, row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
+    K::pack_p(s, pa[0]);
     int it = 0;
     for (; it + 2 < steps; it += 2) {
       step(it, pa[0], pa[1]);

@@ -11,7 +11,7 @@
 // shared memory as the transposed operand). Shared tiles use the 128-byte swizzle wgmma's
 // descriptors describe. The loop runs in the FlashAttention-3 order: S of step it+1
 // and P V of step it are in flight on the tensor cores while the warpgroup computes the
-// softmax of step it+1, so P is double-buffered and the K/V ring holds one step more.
+// softmax of step it+1, so the K/V ring holds one step more.
 #pragma once
 
 #include "pat/params.h"
@@ -172,11 +172,12 @@ struct pat_decode_wgmma {
     wgmma_commit();
   }
   // Online softmax of step `step` on s: tokens past kv_len masked, the row max and sum
-  // updated, the factor O must be scaled by in `scale`, P into pout. The max is taken over
-  // raw scores (scale_log2 > 0 keeps the order); the scale folds into the exponent's FFMA.
-  static __device__ __forceinline__ void softmax(float (&s)[N / 2], pfrag &pout, float (&row_max)[2],
-                                                 float (&row_sum)[2], float (&scale)[2], int step, int kv_len,
-                                                 float scale_log2, int lane)
+  // updated, the factor O must be scaled by in `scale`, P (unpacked) left in s. The max is
+  // taken over raw scores (scale_log2 > 0 keeps the order); the scale folds into the
+  // exponent's FFMA.
+  static __device__ __forceinline__ void softmax(float (&s)[N / 2], float (&row_max)[2], float (&row_sum)[2],
+                                                 float (&scale)[2], int step, int kv_len, float scale_log2,
+                                                 int lane)
   {
     const int tok0 = step * N + 2 * (lane & 3);
     const bool tail = (step + 1) * N > kv_len;
@@ -207,7 +208,10 @@ struct pat_decode_wgmma {
         s[4 * j + x] = fast_exp2(fmaf(s[4 * j + x], scale_log2, -mx[x >> 1]));
         row_sum[x >> 1] += s[4 * j + x];
       }
-    // The S accumulator layout is already the A-fragment layout of P V.
+  }
+  // P from softmax() into P V's A fragments: the S accumulator layout is already theirs.
+  static __device__ __forceinline__ void pack_p(const float (&s)[N / 2], pfrag &pout)
+  {
 #pragma unroll
     for (int kc = 0; kc < N / 16; kc++)
 #pragma unroll
@@ -308,45 +312,43 @@ struct pat_decode_wgmma {
     float row_sum[2] = {0.f, 0.f};              // this thread's share; quad-summed at the end
     float s[N / 2];                             // S of one step: tokens 8j + 2 (lane % 4) + {0, 1}
     float scale[2];
-    pfrag pa[2];
+    pfrag pa;  // P of the step whose P V comes next
     const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
     qfrag qf;
 
-    // One step: S of it+1 and P V of it issued, then the softmax of it+1 beside them. With
-    // LATE_LOAD the refill's copies follow the GEMMs, so the tensor cores start sooner.
-    auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
-      ready(it + 1);
-      if constexpr (!LATE_LOAD) refill(it + 1);
-      issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
-      issue_pv(o, pcur, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
-      if constexpr (LATE_LOAD) refill(it + 1);
-      wgmma_wait<1>();
-      fence_regs(s);
-      softmax(s, pnext, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
-      wgmma_wait<0>();
-      fence_regs(o);
-      rescale_o(o, scale);
-    };
-
-    // Stage: the KV loop. Steps go by two so that both P buffers stay in registers.
+    // Stage: the KV loop. An iteration packs P of step it once P V of it-1 completed (P's
+    // registers are that wgmma's A operand), issues S of it+1 and P V of it, and runs the
+    // softmax of it+1 while P V runs. The loop is not unrolled: its back edge, between that
+    // softmax and the next wait for P V, keeps ptxas from hoisting the wait above the
+    // exponentials (unrolled, it did, and the softmax ran after P V instead of beside it).
     ready(0);  // Q landed with step 0
     refill(0);
     load_q(qf, sQ, warp, lane);
     issue_s(s, qf, qa, ring);
     wgmma_wait<0>();
     fence_regs(s);
-    softmax(s, pa[0], row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
+    softmax(s, row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
     int it = 0;
-    for (; it + 2 < steps; it += 2) {
-      step(it, pa[0], pa[1]);
-      step(it + 1, pa[1], pa[0]);
+#pragma unroll 1
+    for (; it + 1 < steps; it++) {
+      wgmma_wait<0>();
+      fence_regs(o);
+      pack_p(s, pa);
+      rescale_o(o, scale);
+      ready(it + 1);
+      if constexpr (!LATE_LOAD) refill(it + 1);
+      issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
+      issue_pv(o, pa, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
+      if constexpr (LATE_LOAD) refill(it + 1);  // the copies follow the GEMMs
+      wgmma_wait<1>();
+      fence_regs(s);
+      softmax(s, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
     }
-    if (it + 1 < steps) {  // it is even here: the last P lands in pa[1]
-      step(it, pa[0], pa[1]);
-      issue_pv(o, pa[1], ring + (it + 1) % STAGES * 2 * KV_BYTES + KV_BYTES);
-    } else {
-      issue_pv(o, pa[0], ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
-    }
+    wgmma_wait<0>();
+    fence_regs(o);
+    pack_p(s, pa);
+    rescale_o(o, scale);
+    issue_pv(o, pa, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);  // the last step's
     wgmma_wait<0>();
     fence_regs(o);
     cp_async_wait<0>();
