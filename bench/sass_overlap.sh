@@ -8,8 +8,9 @@
 #        bench/sass_overlap.sh FILE.cubin|EXECUTABLE ...   (e.g. the probe builds in build/wg)
 # Needs cuobjdump (the CUDA toolkit's; on a toolkit without it, the PyPI wheel
 # nvidia-cuda-cuobjdump has one: CUOBJDUMP=/path/to/cuobjdump). No GPU needed.
-# Prints a line per kernel: its waits for S, and the exponentials after each before the next
-# full wait; exits 1 if any wgmma kernel's main loop runs none of them beside P V.
+# Prints a line per kernel: the exponentials after each wait for S before the next full wait,
+# and the main loop's length and most frequent instructions (a step's issue slots); exits 1
+# if a wgmma kernel runs none of its exponentials beside P V.
 set -u
 CUOBJDUMP=${CUOBJDUMP:-$(command -v cuobjdump || echo "${CUDA_HOME:-/usr/local/cuda}/bin/cuobjdump")}
 if [ ! -x "$CUOBJDUMP" ]; then
@@ -31,20 +32,6 @@ for a in "$@"; do
 done
 bad=0
 for f in "${files[@]}"; do
-  # Per kernel function: after each wait for S, the MUFU.EX2 before the next full wait.
-  "$CUOBJDUMP" -sass "$f" | awk -v file="$(basename "$f")" '
-    /Function :/ { if (fn != "") report(); fn = $3; n = 0; open_ = 0; split("", ex) }
-    /WARPGROUP.DEPBAR.LE gsb0, 0x1/ { open_ = 1; ex[++n] = 0; next }
-    /WARPGROUP.DEPBAR.LE gsb0, 0x0/ { open_ = 0; next }
-    /MUFU.EX2/ { if (open_) ex[n]++ }
-    function report(   i, s, best) {
-      if (n == 0) return
-      s = ""; best = 0
-      for (i = 1; i <= n; i++) { s = s " " ex[i]; if (ex[i] > best) best = ex[i] }
-      verdict = best > 0 ? "ok" : "NONE"
-      printf "%s %s: %d waits for S; exponentials beside P V after each:%s %s\n", file, fn, n, s, verdict
-      if (best == 0) failed = 1
-    }
-    END { if (fn != "") report(); exit failed }' || bad=1
+  "$CUOBJDUMP" -sass "$f" | python3 bench/sass_loop.py "$(basename "$f")" || bad=1
 done
 exit $bad

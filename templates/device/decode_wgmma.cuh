@@ -150,14 +150,15 @@ struct pat_decode_wgmma {
   // rows in each Q half (Q in shared memory); sK: the ring slot's K.
   static __device__ __forceinline__ void issue_s(float (&s)[N / 2], const qfrag &qf, u32 qa, u32 sK)
   {
+    const wgmma_desc_words dq = wgmma_desc_split(qa, 16, 1024), dk = wgmma_desc_split(sK, 16, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
       const u32 at = (kk >> 2) * (M * 128) + (kk & 3) * 32, bt = (kk >> 2) * (N * 128) + (kk & 3) * 32;
       if constexpr (Q_REGS)
-        wgmma_rs_k<E>(s, qf[kk], wgmma_desc(sK + bt, 16, 1024), kk > 0);
+        wgmma_rs_k<E>(s, qf[kk], wgmma_desc_at(dk, bt), kk > 0);
       else
-        wgmma_ss<E>(s, wgmma_desc(qa + at, 16, 1024), wgmma_desc(sK + bt, 16, 1024), kk > 0);
+        wgmma_ss<E>(s, wgmma_desc_at(dq, at), wgmma_desc_at(dk, bt), kk > 0);
     }
     wgmma_commit();
   }
@@ -165,10 +166,11 @@ struct pat_decode_wgmma {
   // halves N x 128 bytes apart (leading byte offset), 8-token atoms 1 KiB apart.
   static __device__ __forceinline__ void issue_pv(float (&o)[64], const pfrag &pv, u32 sV)
   {
+    const wgmma_desc_words dv = wgmma_desc_split(sV, N * 128, 1024);
     fence_regs(o);
     wgmma_fence();
 #pragma unroll
-    for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc(sV + kc * 16 * 128, N * 128, 1024));
+    for (int kc = 0; kc < N / 16; kc++) wgmma_rs<E>(o, pv[kc], wgmma_desc_at(dv, kc * 16 * 128));
     wgmma_commit();
   }
   // Online softmax of step `step` on s: tokens past kv_len masked, the row max and sum
@@ -313,7 +315,9 @@ struct pat_decode_wgmma {
     float s[N / 2];                             // S of one step: tokens 8j + 2 (lane % 4) + {0, 1}
     float scale[2];
     pfrag pa;  // P of the step whose P V comes next
-    const u32 qa = sQ + (warp / 4) * 64 * 128;  // this warpgroup's rows in each Q half
+    // This warpgroup's rows in each Q half. Taken from lane 0, the value is warp-uniform to
+    // ptxas, which then builds Q's descriptors in uniform registers (not 16 vector ones).
+    const u32 qa = sQ + __shfl_sync(0xffffffffu, warp / 4, 0) * 64 * 128;
     qfrag qf;
 
     // Stage: the KV loop. An iteration packs P of step it once P V of it-1 completed (P's

@@ -17,11 +17,29 @@ __device__ __forceinline__ u32 sw128(u32 r, u32 c, u32 rows)
 
 // Shared-memory matrix descriptor: start address, leading and stride byte offsets (in 16-byte
 // units), layout type 1 = 128-byte swizzle.
-__device__ __forceinline__ u64 wgmma_desc(u32 saddr, u32 lbo, u32 sbo)
+__host__ __device__ __forceinline__ constexpr u64 wgmma_desc(u32 saddr, u32 lbo, u32 sbo)
 {
   return (u64)((saddr & 0x3FFFF) >> 4) | ((u64)((lbo >> 4) & 0x3FFF) << 16) |
          ((u64)((sbo >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
+// A descriptor as its two words. An offset into the tile (a multiple of 16 bytes; the tile
+// stays inside shared memory, below 256 KiB) adds to the low word's start-address field
+// alone, so a k-slice's descriptor costs one add instead of the whole encoding.
+struct wgmma_desc_words {
+  u32 lo, hi;
+};
+__host__ __device__ __forceinline__ constexpr wgmma_desc_words wgmma_desc_split(u32 saddr, u32 lbo, u32 sbo)
+{
+  return {(u32)wgmma_desc(saddr, lbo, sbo), (u32)(wgmma_desc(saddr, lbo, sbo) >> 32)};
+}
+__host__ __device__ __forceinline__ constexpr u64 wgmma_desc_at(wgmma_desc_words w, u32 offset)
+{
+  return (u64)w.hi << 32 | (w.lo + (offset >> 4));
+}
+static_assert(wgmma_desc_at(wgmma_desc_split(0x8400, 16, 1024), 0x2060) == wgmma_desc(0x8400 + 0x2060, 16, 1024) &&
+                  wgmma_desc_at(wgmma_desc_split(0x1c400, 8192, 1024), 0x3c00) ==
+                      wgmma_desc(0x1c400 + 0x3c00, 8192, 1024),
+              "an offset adds to the start-address field alone");
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
