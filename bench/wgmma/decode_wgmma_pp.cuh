@@ -9,7 +9,9 @@
 //
 // Why: the all-share probe runs ~2500 clocks a 64-token step against ~1024 for its tensor-core
 // work (bench/NOTES.md, 2026-12-07); the per-step __syncthreads keeps both warpgroups in the
-// same phase. For bench/kernel_probe.cu -DP_WGMMA=4 only; the same outputs as decode_wgmma.cuh.
+// same phase. Measured slower on 2026-12-08 with the unrolled loop, in which ptxas ran the
+// softmax after P V (NOTES); the loop is now the library's rotated one.
+// For bench/kernel_probe.cu -DP_WGMMA=4 only; the same outputs as decode_wgmma.cuh.
 // S, P V, the softmax and the epilogue are the library kernel's own (pat_decode_wgmma's
 // static members); only the loop's order and its synchronisation differ.
 #pragma once
@@ -81,8 +83,8 @@ struct pat_decode_wgmma_pp {
     float row_sum[2] = {0.f, 0.f};
     float s[N / 2];
     float scale[2];
-    pfrag pa[2];
-    const u32 qa = sQ + wg * 64 * 128;
+    pfrag pa;  // P of the step whose P V comes next
+    const u32 qa = sQ + __shfl_sync(0xffffffffu, wg, 0) * 64 * 128;  // warp-uniform to ptxas
     typename K::qfrag qf;
     K::load_q(qf, sQ, warp, lane);
 
@@ -120,22 +122,10 @@ struct pat_decode_wgmma_pp {
       }
     };
 
-    auto step = [&](int it, const pfrag &pcur, pfrag &pnext) {
-      wait_full(it + 1);
-      my_turn();
-      K::issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
-      K::issue_pv(o, pcur, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
-      pass_turn();
-      wgmma_wait<1>();
-      fence_regs(s);
-      K::softmax(s, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
-      K::pack_p(s, pnext);
-      wgmma_wait<0>();
-      fence_regs(o);
-      K::rescale_o(o, scale);
-      release(it);
-    };
-
+    // The library kernel's rotated loop (decode_wgmma.cuh), with turns: an iteration waits for
+    // P V of it-1 and releases its slot, packs P of it, rescales O, then issues S of it+1 and
+    // P V of it in its turn and runs the softmax of it+1 beside P V. Not unrolled, so that
+    // ptxas keeps the wait for P V below the exponentials (unrolled, it hoisted it).
     wait_full(0);
     my_turn();
     K::issue_s(s, qf, qa, ring);
@@ -143,22 +133,31 @@ struct pat_decode_wgmma_pp {
     wgmma_wait<0>();
     fence_regs(s);
     K::softmax(s, row_max, row_sum, scale, 0, kv_len, p.scale_log2, lane);
-    K::pack_p(s, pa[0]);
     int it = 0;
-    for (; it + 2 < steps; it += 2) {
-      step(it, pa[0], pa[1]);
-      step(it + 1, pa[1], pa[0]);
-    }
-    if (it + 1 < steps) {
-      step(it, pa[0], pa[1]);
+#pragma unroll 1
+    for (; it + 1 < steps; it++) {
+      wgmma_wait<0>();
+      fence_regs(o);
+      if (it > 0) release(it - 1);
+      K::pack_p(s, pa);
+      K::rescale_o(o, scale);
+      wait_full(it + 1);
       my_turn();
-      K::issue_pv(o, pa[1], ring + (it + 1) % STAGES * 2 * KV_BYTES + KV_BYTES);
+      K::issue_s(s, qf, qa, ring + (it + 1) % STAGES * 2 * KV_BYTES);
+      K::issue_pv(o, pa, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
       pass_turn();
-    } else {
-      my_turn();
-      K::issue_pv(o, pa[0], ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);
-      pass_turn();
+      wgmma_wait<1>();
+      fence_regs(s);
+      K::softmax(s, row_max, row_sum, scale, it + 1, kv_len, p.scale_log2, lane);
     }
+    wgmma_wait<0>();
+    fence_regs(o);
+    if (it > 0) release(it - 1);
+    K::pack_p(s, pa);
+    K::rescale_o(o, scale);
+    my_turn();
+    K::issue_pv(o, pa, ring + it % STAGES * 2 * KV_BYTES + KV_BYTES);  // the last step's
+    pass_turn();
     wgmma_wait<0>();
     fence_regs(o);
 
