@@ -50,6 +50,9 @@
 #ifndef P_LATE
 #define P_LATE 0  // wgmma: a step's K/V copies issued after its GEMMs (C::LATE_LOAD)
 #endif
+#ifndef P_LAZY
+#define P_LAZY 0  // wgmma: O rescaled only when a row's max grows past a slack (C::LAZY_RESCALE)
+#endif
 #ifndef P_WGMMA
 #define P_WGMMA 0  // 1: warpgroup mma (P_M 64 or 128, P_S >= 3; P_W and P_WM unused); 3: with TMA loads; 4: ping-pong
 #endif
@@ -61,6 +64,7 @@ struct cfg {
                        WARPS_M = P_WM, WARPS_N = P_W / P_WM, STAGES = P_S;
   static constexpr bool Q_IN_REGS = P_QREG;
   static constexpr bool LATE_LOAD = P_LATE;
+  static constexpr bool LAZY_RESCALE = P_LAZY;
 #if P_WGMMA == 3
   typedef pat_wgmma_kv_tma<cfg> KvLoader;
 #endif

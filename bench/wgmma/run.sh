@@ -28,6 +28,9 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
   # a step's K/V copies issued after its GEMMs (C::LATE_LOAD), at three and four stages
   probe wgmma_late "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0 -DP_LATE=1" &
   probe wgmma_late_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=4 -DP_QREG=0 -DP_LATE=1" &
+  # O rescaled only when a row's max grows past a slack (C::LAZY_RESCALE), alone and with LATE_LOAD
+  probe wgmma_lazy "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0 -DP_LAZY=1" &
+  probe wgmma_late_lazy "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0 -DP_LATE=1 -DP_LAZY=1" &
   if [ -n "${BASE_REF:-}" ]; then  # the wgmma kernel as commit BASE_REF has it
     probe_headers_at "$BASE_REF" &&
       probe wgmma_base "-gencode arch=compute_90a,code=sm_90a" "-Ibuild/probe_$BASE_REF -DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0" &

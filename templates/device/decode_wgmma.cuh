@@ -57,21 +57,21 @@ template <class C> struct pat_wgmma_loader<C, typename pat_void<typename C::KvLo
   typedef typename C::KvLoader type;
 };
 
-// C::Q_IN_REGS when C names it, else false.
-template <class C, class = void> struct pat_wgmma_q_regs { static constexpr bool value = false; };
-template <class C> struct pat_wgmma_q_regs<C, typename pat_void<decltype(C::Q_IN_REGS)>::type> {
-  static constexpr bool value = C::Q_IN_REGS;
-};
-
-// C::LATE_LOAD when C names it, else false.
-template <class C, class = void> struct pat_wgmma_late_load { static constexpr bool value = false; };
-template <class C> struct pat_wgmma_late_load<C, typename pat_void<decltype(C::LATE_LOAD)>::type> {
-  static constexpr bool value = C::LATE_LOAD;
-};
+// NAME<C>::value: C::MEMBER when C names it, else false (the kernel's optional switches).
+#define PAT_WGMMA_SWITCH(NAME, MEMBER)                                                        \
+  template <class C, class = void> struct NAME { static constexpr bool value = false; };     \
+  template <class C> struct NAME<C, typename pat_void<decltype(C::MEMBER)>::type> {          \
+    static constexpr bool value = C::MEMBER;                                                  \
+  };
+PAT_WGMMA_SWITCH(pat_wgmma_q_regs, Q_IN_REGS)
+PAT_WGMMA_SWITCH(pat_wgmma_late_load, LATE_LOAD)
+PAT_WGMMA_SWITCH(pat_wgmma_lazy_rescale, LAZY_RESCALE)
+#undef PAT_WGMMA_SWITCH
 
 // C provides: Elem, HEAD_DIM (128), PAGE_SIZE, GQA, TILE_M (64 or 128), TILE_N (64 or 128),
-// STAGES (>= 3); optionally KvLoader (above), Q_IN_REGS (S's A operand from registers) and
-// LATE_LOAD (a step's K/V copies issued after its GEMMs, not before).
+// STAGES (>= 3); optionally KvLoader (above), Q_IN_REGS (S's A operand from registers),
+// LATE_LOAD (a step's K/V copies issued after its GEMMs, not before) and LAZY_RESCALE (a
+// row's max moves only when it grows by more than LAZY_SLACK, so most steps skip O's rescale).
 template <class C>
 struct pat_decode_wgmma {
   typedef typename C::Elem E;
@@ -82,6 +82,11 @@ struct pat_decode_wgmma {
   typedef typename pat_wgmma_loader<C>::type loader;
   static constexpr bool Q_REGS = pat_wgmma_q_regs<C>::value;
   static constexpr bool LATE_LOAD = pat_wgmma_late_load<C>::value;
+  static constexpr bool LAZY = pat_wgmma_lazy_rescale<C>::value;
+  // LAZY: how far (log2 units) scores may pass the max in use before it moves; P then stays
+  // below 2^8 = 256, far inside fp16 and bf16, and O, the row sum and the LSE all use the same
+  // max, so the result is the same up to rounding.
+  static constexpr float LAZY_SLACK = 8.f;
   static constexpr int Q_BYTES = M * D * 2, KV_BYTES = N * D * 2;  // KV_BYTES: one K or V tile
   // Dynamic shared memory: the page-id window (1 KiB, so the tiles after it stay 1 KiB-aligned
   // for the swizzle), the Q tile, the K/V ring, the loader's own. gen/tile.c computes the
@@ -195,10 +200,12 @@ struct pat_decode_wgmma {
     for (int h = 0; h < 2; h++) {
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-      const float m_new = fmaxf(row_max[h], mx[h] * scale_log2);
+      float m_new = fmaxf(row_max[h], mx[h] * scale_log2);
+      if constexpr (LAZY)
+        if (m_new <= row_max[h] + LAZY_SLACK) m_new = row_max[h];  // scale 1: O stays as it is
       // A row with no valid token yet keeps max -inf: subtract 0 so no inf - inf appears.
       const float base = m_new == neg_inf() ? 0.f : m_new;
-      scale[h] = fast_exp2(row_max[h] - base);
+      scale[h] = LAZY && m_new == row_max[h] ? 1.f : fast_exp2(row_max[h] - base);
       row_max[h] = m_new;
       row_sum[h] *= scale[h];
       mx[h] = base;
@@ -221,6 +228,9 @@ struct pat_decode_wgmma {
   }
   static __device__ __forceinline__ void rescale_o(float (&o)[64], const float (&scale)[2])
   {
+    // LAZY: skipped when no row of the warp moved its max (the branch is warp-uniform).
+    if constexpr (LAZY)
+      if (!__any_sync(0xffffffffu, scale[0] != 1.f || scale[1] != 1.f)) return;
 #pragma unroll
     for (int j = 0; j < 16; j++) {
       o[4 * j] *= scale[0]; o[4 * j + 1] *= scale[0];
