@@ -7,7 +7,8 @@
 #   patbench  all paper trees x 4 head configs, default spec
 #   peers     the PyTorch peers on the same workloads (bench/peers.py); FlashInfer too when its
 #             wheels are carried in .whl/ (bench/PEERS.md says how)
-#   abfull    old (build/gpu_base) vs new (build/gpu) kernels: the wgmma GPU tests, build/copy_ramp
+#   abfull    old (build/gpu_base) vs new (build/gpu) kernels: the wgmma GPU tests, the new
+#             wgmma kernels' SASS (bench/sass_overlap.sh, this machine's NVRTC), build/copy_ramp
 #             (bench/copy_ramp/) and the wgmma probe (build/wg) when carried, then patbench on
 #             the full set (SUBSET=1: the 10-tree subset), the old bundle at BASE_ITERS (100)
 #             runs a case and the new at ITERS (50); FlashInfer where bench/results has no
@@ -126,6 +127,8 @@ probe)
   ;;
 abfull)
   timeout 90 build/gpu/tests --filter 'gpu/wgmma*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
+  # The wgmma kernels' SASS as this machine's NVRTC builds them: softmax beside P V?
+  PATGEN=build/gpu/patgen timeout 60 bench/sass_overlap.sh specs/default.yaml 2>&1 | sed 's/.cubin pat_fwd_[^:]*//' | tee "$out/sass-overlap-$tag.log"
   carried_probes
   trees=(); [ "${SUBSET:-0}" = 1 ] && trees=(--trees "$SUBSET_TREES")
   for b in gpu_base gpu; do

@@ -6,6 +6,7 @@
 # 2026-12-08 third); then the exponentials run after P V instead of beside it.
 # Usage: bench/sass_overlap.sh [SPEC.yaml ...]     (default: every spec under specs/)
 #        bench/sass_overlap.sh FILE.cubin|EXECUTABLE ...   (e.g. the probe builds in build/wg)
+# PATGEN: the patgen to compile with (default bin/patgen; build/gpu/patgen in a bundle).
 # Needs cuobjdump (the CUDA toolkit's; on a toolkit without it, the PyPI wheel
 # nvidia-cuda-cuobjdump has one: CUOBJDUMP=/path/to/cuobjdump). No GPU needed.
 # Prints a line per kernel: the exponentials after each wait for S before the next full wait,
@@ -25,7 +26,7 @@ for a in "$@"; do
     *.yaml)
       d=build/sass/$(basename "$a" .yaml)
       rm -rf "$d" && mkdir -p "$d"
-      bin/patgen compile "$a" --arch sm_90 --cubin-dir "$d" > "$d.log" || { cat "$d.log"; exit 1; }
+      ${PATGEN:-bin/patgen} compile "$a" --arch sm_90 --cubin-dir "$d" > "$d.log" || { cat "$d.log"; exit 1; }
       for f in "$d"/*.sm_90a.cubin; do [ -e "$f" ] && files+=("$f"); done ;;
     *) files+=("$a") ;;
   esac
