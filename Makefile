@@ -33,7 +33,7 @@ HARNESS  = bench/harness.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
-.PHONY: test-only gpu-bundle all generate check-generated compile-report test test-cpu test-gpu goldens deps clean help run
+.PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run
 all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so
 
 help:
@@ -45,6 +45,7 @@ help:
 	@echo "make test            all tests, C and Python (GPU tests skip without a GPU driver)"
 	@echo "make gpu-bundle      build/gpu: tests and tools for a GPU machine (tests/gpu_run.sh)"
 	@echo "make goldens         rewrite tests/golden/ from the current templates"
+	@echo "make sass-check      the wgmma kernels' softmax beside P V in SASS (needs cuobjdump)"
 
 deps:
 	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev python3-pytest; do \
@@ -103,7 +104,7 @@ test:
 
 # Debian's python3 (python3-pytest) runs the binding's tests; torch and GPU tests skip there.
 PYTEST_PY ?= /usr/bin/python3
-test-only: bin/patgen build/tests build/libpat.so check-generated compile-report
+test-only: bin/patgen build/tests build/libpat.so check-generated compile-report sass-check
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
 	$(PYTEST_PY) -m pytest python/tests -q -rs -p no:cacheprovider
 
@@ -111,6 +112,13 @@ test-only: bin/patgen build/tests build/libpat.so check-generated compile-report
 # and shared memory per kernel; fails on a compile error or a spill.
 compile-report: bin/patgen
 	$(Q)for s in $(SPECS); do bin/patgen compile $$s || exit 1; done
+
+# The wgmma kernels' SASS: the softmax runs beside P V (bench/sass_overlap.sh). It needs
+# cuobjdump; without one it is skipped, saying so.
+CUOBJDUMP ?= $(shell command -v cuobjdump || ls $(CUDA_HOME)/bin/cuobjdump 2>/dev/null)
+sass-check: bin/patgen
+	$(Q)if [ -n "$(CUOBJDUMP)" ]; then CUOBJDUMP=$(CUOBJDUMP) bench/sass_overlap.sh specs/default.yaml tests/wgmma.yaml; \
+	else echo "sass-check: skipped: no cuobjdump (CUOBJDUMP=...; bench/sass_overlap.sh says where to get one)"; fi
 
 # A bundle for a GPU machine that has no Criterion, Lua or libyaml: unsanitised test binary
 # (ASan and the CUDA driver do not mix), patgen, the benchmark and the shared libraries the
