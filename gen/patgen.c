@@ -75,12 +75,10 @@ static int write_cubin(const char *dir, const char *name, const char *target, co
   char path[4096];
   snprintf(path, sizeof path, "%s/%s.%s.cubin", dir, name, target);
   FILE *f = fopen(path, "wb");
-  if (!f || fwrite(res->cubin, 1, res->cubin_size, f) != res->cubin_size || fclose(f)) {
-    fprintf(stderr, "patgen: cannot write %s: %s\n", path, strerror(errno));
-    if (f) fclose(f);
-    return -1;
-  }
-  return 0;
+  int ok = f && fwrite(res->cubin, 1, res->cubin_size, f) == res->cubin_size;
+  if (f && fclose(f)) ok = 0;
+  if (!ok) fprintf(stderr, "patgen: cannot write %s: %s\n", path, strerror(errno));
+  return ok ? 0 : -1;
 }
 
 /* Compiles every kernel of the spec for each arch; prints one row per (kernel, arch). wgmma
