@@ -37,10 +37,11 @@ def beside_pv(ins):
 
 
 def main_loop(ins):
-    """The longest backward branch's body that issues wgmma."""
+    """The longest body that issues wgmma under a conditional backward branch (a loop's back
+    edge; ptxas's out-of-line slow paths, e.g. mbarrier retries, jump back unconditionally)."""
     addrs, loop = [a for a, _ in ins], []
     for i, (a, text) in enumerate(ins):
-        m = re.search(r"BRA (0x[0-9a-f]+)", text)
+        m = re.search(r"^@!?U?P\w+ BRA (0x[0-9a-f]+)", text)
         if m and int(m.group(1), 16) < a and int(m.group(1), 16) in addrs:
             body = ins[addrs.index(int(m.group(1), 16)):i + 1]
             if any("HGMMA" in t for _, t in body) and len(body) > len(loop):
