@@ -110,14 +110,16 @@ test-only: bin/patgen build/tests build/libpat.so check-generated compile-report
 
 # NVRTC-compiles every kernel of every spec for its archs (no GPU needed): registers, spills
 # and shared memory per kernel; fails on a compile error or a spill.
+# The cubins go to build/cubins/SPEC/ (sass-check reads them).
 compile-report: bin/patgen
-	$(Q)for s in $(SPECS); do bin/patgen compile $$s || exit 1; done
+	$(Q)for s in $(SPECS); do d=build/cubins/$$(basename $$s .yaml); rm -rf $$d && mkdir -p $$d && \
+	  bin/patgen compile $$s --cubin-dir $$d || exit 1; done
 
-# The wgmma kernels' SASS: the softmax runs beside P V (bench/sass_overlap.sh). It needs
-# cuobjdump; without one it is skipped, saying so.
+# The wgmma kernels' SASS: the softmax runs beside P V (bench/sass_overlap.sh), on the cubins
+# compile-report wrote. It needs cuobjdump; without one it is skipped, saying so.
 CUOBJDUMP ?= $(shell command -v cuobjdump || ls $(CUDA_HOME)/bin/cuobjdump 2>/dev/null)
-sass-check: bin/patgen
-	$(Q)if [ -n "$(CUOBJDUMP)" ]; then CUOBJDUMP=$(CUOBJDUMP) bench/sass_overlap.sh specs/default.yaml tests/wgmma.yaml; \
+sass-check: compile-report
+	$(Q)if [ -n "$(CUOBJDUMP)" ]; then CUOBJDUMP=$(CUOBJDUMP) bench/sass_overlap.sh build/cubins/*/*.sm_90a.cubin; \
 	else echo "sass-check: skipped: no cuobjdump (CUOBJDUMP=...; bench/sass_overlap.sh says where to get one)"; fi
 
 # A bundle for a GPU machine that has no Criterion, Lua or libyaml: unsanitised test binary
