@@ -1,4 +1,5 @@
 /* context.c: contexts (spec + device + kernels + streams), statuses and error detail. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,25 @@ pat_status pat_context_create_spec(const pat_context_desc *d, const pat_spec *sp
   return create(d, spec, out, msg, msglen);
 }
 
+int pat_carveout_parse(const char *s, int *percent, char *err, size_t errlen)
+{
+  *percent = -1;
+  if (!s || !*s || !strcmp(s, "default")) return 0;
+  if (!strcmp(s, "max")) {
+    *percent = 100;
+    return 0;
+  }
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < 0 || v > 100) {
+    snprintf(err, errlen, "PAT_SMEM_CARVEOUT=%s: expected default, max or a percentage 0-100", s);
+    return -1;
+  }
+  *percent = (int)v;
+  return 0;
+}
+
 /* With spec NULL: loads d->spec_path and its tuning table; else takes *spec as it is. */
 static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_context **out, char *msg,
                          size_t msglen)
@@ -163,6 +183,8 @@ static pat_status create(const pat_context_desc *d, const pat_spec *spec, pat_co
   ctx->num_streams = d->num_streams > 0 ? d->num_streams : 4;
   if (ctx->num_streams > PAT_MAX_STREAMS) ctx->num_streams = PAT_MAX_STREAMS;
 
+  if (pat_carveout_parse(getenv("PAT_SMEM_CARVEOUT"), &ctx->carveout, ctx->err, sizeof ctx->err))
+    return create_failed(ctx, PAT_ERR_INVALID_ARG, msg, msglen);
   if (spec) ctx->spec = *spec;
   else if (pat_spec_load(d->spec_path, &ctx->spec, ctx->err, sizeof ctx->err))
     return create_failed(ctx, PAT_ERR_SPEC, msg, msglen);

@@ -39,6 +39,8 @@ struct pat_context {
   int chain;               /* 1: pat_forward's launches chain on the caller's stream with
                               programmatic dependent launch (sm_90+, unless PAT_PDL=off) */
   int num_streams;         /* else tile groups fork onto these and join back */
+  int carveout;            /* PAT_SMEM_CARVEOUT: the shared-memory carveout every kernel
+                              asks for, in percent; -1: the driver's choice */
   CUstream streams[PAT_MAX_STREAMS];
   CUevent fork_event;
   CUevent join_events[PAT_MAX_STREAMS];
@@ -80,6 +82,11 @@ pat_status pat_context_create_spec(const pat_context_desc *d, const pat_spec *sp
 
 pat_status pat_fail(pat_context *ctx, pat_status status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* PAT_SMEM_CARVEOUT's value s (NULL: unset) as a carveout in percent: unset, "" or "default":
+** -1 (the driver picks each kernel's own); "max": 100; an integer 0-100. Returns -1 with a
+** message in err for anything else. */
+int pat_carveout_parse(const char *s, int *percent, char *err, size_t errlen);
 
 /* Index into ctx->src.kernels of the forward kernel for (tile, gqa), or -1. */
 int pat_kernel_index(const pat_context *ctx, int tile, int gqa);

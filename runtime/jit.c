@@ -64,7 +64,9 @@ static void build_cubin(jit_job *j)
   }
 }
 
-/* Loads a cubin into the context and looks up its kernel; raises its shared-memory limit. */
+/* Loads a cubin into the context and looks up its kernel; raises its shared-memory limit and
+** sets the carveout the context asks for (PAT_SMEM_CARVEOUT): one carveout for every kernel
+** lets CTAs of different launches share an SM, which the driver's per-kernel choice may not. */
 static pat_status load_kernel(pat_context *ctx, int i, const void *cubin)
 {
   const pat_cuda *cu = ctx->cu;
@@ -75,7 +77,10 @@ static pat_status load_kernel(pat_context *ctx, int i, const void *cubin)
       PAT_CU(cu, cu->cuModuleLoadData(&kk->module, cubin), err, sizeof err) ||
       PAT_CU(cu, cu->cuModuleGetFunction(&kk->fn, kk->module, k->name), err, sizeof err) ||
       PAT_CU(cu, cu->cuFuncSetAttribute(kk->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                        k->smem_bytes), err, sizeof err)) {
+                                        k->smem_bytes), err, sizeof err) ||
+      (ctx->carveout >= 0 &&
+       PAT_CU(cu, cu->cuFuncSetAttribute(kk->fn, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                         ctx->carveout), err, sizeof err))) {
     if (kk->module) cu->cuModuleUnload(kk->module);
     kk->module = NULL;
     return pat_fail(ctx, PAT_ERR_CUDA, "loading kernel %s: %s", k->name, err);

@@ -52,8 +52,9 @@ typedef struct pat_context_desc {
 /* Creates a context: loads the spec, loads the CUDA driver, retains the device's primary
 ** context, generates and compiles (or loads from the disk cache) the kernels, creates the
 ** forward streams and events. On failure returns a status, *out is NULL, and when msg is
-** not NULL writes the reason there (msglen bytes, NUL-terminated).
-** Thread-safe. */
+** not NULL writes the reason there (msglen bytes, NUL-terminated). Reads PAT_SMEM_CARVEOUT
+** (README.md: the shared-memory carveout its kernels ask for; a bad value is
+** PAT_ERR_INVALID_ARG). Thread-safe. */
 PAT_API pat_status pat_context_create(const pat_context_desc *desc, pat_context **out,
                                       char *msg, size_t msglen);
 

@@ -5,10 +5,13 @@
 
 #include <dlfcn.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_driver.h"
+#include "internal.h"
 #include "nvrtc.h"
+#include "pat.h"
 
 /* Whether this machine has a driver library at all, asked without pat. */
 static int libcuda_present(void)
@@ -93,6 +96,37 @@ Test(driver, check_formats_without_a_driver)
                         "x.c:12");
   cr_assert_str_eq(pat_cuda_error_name(NULL, CUDA_ERROR_INVALID_VALUE), "CUDA_ERROR_<unknown>");
   cr_assert_eq(pat_cu_check(NULL, CUDA_ERROR_INVALID_VALUE, "cuInit(0)", "x.c", 1, NULL, 0), -1);
+}
+
+/* PAT_SMEM_CARVEOUT's values; a bad one is refused by pat_context_create before the spec or
+** the driver is read (so on any machine), with the variable named. */
+Test(driver, smem_carveout_setting)
+{
+  static const struct { const char *s; int percent; } good[] = {
+    {NULL, -1}, {"", -1}, {"default", -1}, {"max", 100}, {"0", 0}, {"64", 64}, {"100", 100},
+  };
+  char err[256];
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    int v = -7;
+    err[0] = 0;
+    cr_assert_eq(pat_carveout_parse(good[i].s, &v, err, sizeof err), 0, "%s: %s", good[i].s, err);
+    cr_assert_eq(v, good[i].percent, "%s: %d", good[i].s, v);
+  }
+  static const char *const bad[] = {"101", "-1", "lots", "50%", "5 ", "MAX", "99999999999999999999"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int v = 7;
+    cr_assert_eq(pat_carveout_parse(bad[i], &v, err, sizeof err), -1, "%s accepted", bad[i]);
+    cr_assert(strstr(err, "PAT_SMEM_CARVEOUT=") && strstr(err, bad[i]), "%s", err);
+  }
+
+  setenv("PAT_SMEM_CARVEOUT", "lots", 1);
+  pat_context_desc d = {.spec_path = "no/such/spec.yaml", .lazy = 1};
+  pat_context *ctx = (pat_context *)&d;
+  char msg[512] = "";
+  cr_assert_eq(pat_context_create(&d, &ctx, msg, sizeof msg), PAT_ERR_INVALID_ARG, "%s", msg);
+  cr_assert_null(ctx);
+  cr_assert_str_eq(msg, "PAT_SMEM_CARVEOUT=lots: expected default, max or a percentage 0-100");
+  unsetenv("PAT_SMEM_CARVEOUT");
 }
 
 static const char add_source[] =

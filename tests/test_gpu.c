@@ -8,6 +8,7 @@
 
 #include "cuda_driver.h"
 #include "harness.h"
+#include "internal.h"
 #include "pat.h"
 #include "tree.h"
 #include "tuning.h"
@@ -509,6 +510,28 @@ Test(gpu, multi_stream_launches, .timeout = 600)
   setenv("PAT_PDL", "off", 1);
   random_trees(p, 32, gq, 3, TOL_FP16, 3);
   unsetenv("PAT_PDL");
+}
+
+/* PAT_SMEM_CARVEOUT=max: every kernel asks the driver for the largest shared-memory carveout
+** (read back from it), and the outputs stay correct with the launches sharing SMs. Three
+** tiles, so that random trees launch several groups and merge most queries. */
+Test(gpu, smem_carveout_max, .timeout = 600)
+{
+  skip_without_gpu();
+  static const int gq[] = {1, 8};
+  const char *p = write_spec("carveout", "fp16", 128, 32, "[1, 8]", TILES_64_128);
+  setenv("PAT_SMEM_CARVEOUT", "max", 1);
+  pat_context *ctx = open_ctx(p);
+  char err[512];
+  for (int i = 0; i < ctx->src.count; i++) {
+    int v = -2;
+    cr_assert_eq(PAT_CU(ctx->cu, ctx->cu->cuFuncGetAttribute(&v, CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                                                             ctx->kernels[i].fn), err, sizeof err), 0, "%s", err);
+    cr_assert_eq(v, 100, "%s: carveout %d", ctx->src.kernels[i].name, v);
+  }
+  pat_context_destroy(ctx);
+  random_trees(p, 32, gq, 2, TOL_FP16, 3);
+  unsetenv("PAT_SMEM_CARVEOUT");
 }
 
 /* A tuning table beside the spec: applied on this GPU (its extra tile runs and is correct),
