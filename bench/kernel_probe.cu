@@ -216,6 +216,11 @@ int main(int argc, char **argv)
          P_HEAD_MAJOR ? " head-major" : "", D, P_G, P_M, P_WM,
          P_N, P_W, P_S, P, nq, len, splits,
          kvh, qpp, c.rel, c.max_abs, c.nonfinite, c.ok ? "PASS" : "FAIL");
-  if (timed) probe_time(in, launch, flush);
+  if (timed) {
+    int per_sm = 0;  // what the shared memory and registers allow (the probe's only kernel)
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fwd, K::THREADS, smem));
+    printf("  occupancy %d CTAs an SM\n", per_sm);
+    probe_time(in, launch, flush);
+  }
   return c.ok ? 0 : 1;
 }

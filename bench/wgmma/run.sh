@@ -14,8 +14,10 @@
 # loops and a no-load diagnostic) is in git history (b6827df); its readings: bench/NOTES.md.
 set -u
 source bench/probe_build.sh
-probe() {  # name, nvcc arch flags, defines
-  probe_nvcc build/wg/$1 "$2" -DP_G=8 -DP_M=128 $3
+probe() {  # name, nvcc arch flags, defines (128 rows unless they set P_M)
+  local m=-DP_M=128
+  case "$3" in *-DP_M=*) m= ;; esac
+  probe_nvcc build/wg/$1 "$2" -DP_G=8 $m $3
 }
 if [ "${RUN_ONLY:-0}" != 1 ]; then
   mkdir -p build/wg
@@ -35,6 +37,10 @@ if [ "${RUN_ONLY:-0}" != 1 ]; then
     probe_headers_at "$BASE_REF" &&
       probe wgmma_base "-gencode arch=compute_90a,code=sm_90a" "-Ibuild/probe_$BASE_REF -DP_WGMMA=1 -DP_N=64 -DP_S=3 -DP_QREG=0" &
   fi
+  # 64 rows (one warpgroup) a CTA, two CTAs an SM (113 KB of shared memory each): the two
+  # warpgroups of an SM no longer wait for each other at the ring's barrier. The workloads
+  # below give these builds half the queries a pack (twice the CTAs).
+  probe wgmma_m64 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=1 -DP_M=64 -DP_N=64 -DP_S=3 -DP_QREG=0" &
   # K/V by TMA (bench/wgmma/kv_tma.cuh): the library's stages, and one more
   probe wgmma_tma "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=3 -DP_QREG=0" &
   probe wgmma_tma_s4 "-gencode arch=compute_90a,code=sm_90a" "-DP_WGMMA=3 -DP_N=64 -DP_S=4 -DP_QREG=0" &
@@ -55,7 +61,8 @@ for w in "200 777 8 13 0" "512 256 8 16 0" "256 2048 8 16 0" "64 4096 8 16 0" "1
   set -- $w
   echo "== $w"
   for b in $builds; do
-    timeout ${RUN_S:-60} $b $1 $2 1 $3 $4 1 $5 | sed "s|^|${b#build/wg/}: |"
+    q=$4; case $b in *_m64*) q=$(( ($4 + 1) / 2 )) ;; esac  # 64-row builds: 8 queries x GQA 8 at most
+    timeout ${RUN_S:-60} $b $1 $2 1 $3 $q 1 $5 | sed "s|^|${b#build/wg/}: |"
     [ "${PIPESTATUS[0]}" = 124 ] && echo "${b#build/wg/}: TIMEOUT, dropped" && builds=$(echo "$builds" | grep -vx "$b")
   done
 done
