@@ -34,6 +34,8 @@
 #   subset    the quick GPU suites, then patbench on a 10-tree subset x 4 heads: build/gpu_base
 #             (old kernels, when carried), build/gpu, and every spec in SPECS (e.g. variants)
 #   pdl       the quick GPU suites, then the subset with PAT_PDL=off (forked streams) and on
+#   carveout  the quick carveout suite, then the subset with PAT_SMEM_CARVEOUT=default, max and
+#             default again
 #   leafheads 1-page leaves streamed with 1, 2, 4 or 8 kv heads a CTA (bench/leaf_heads/)
 #   sass      ncu source counters (stall samples per SASS instruction) of the kernels of one
 #             case (CASE, default 1,256_256,32:64/8), summarised by bench/ncu_sass_summary.py
@@ -77,7 +79,7 @@ tune_table() {
 carried_probes() {
   [ -x build/copy_ramp ] && timeout 60 build/copy_ramp 2>&1 | tee "$out/copy-ramp-$tag.log"
   [ -d build/wg ] && RUN_ONLY=1 RUN_S=30 timeout 180 bench/wgmma/run.sh 2>&1 | tee "$out/wgmma-$tag.log" |
-    grep -E 'FAIL|median|^==' | sed 's/ of unique KV+q+out//'
+    grep -E 'FAIL|median|occupancy|^==' | sed 's/ of unique KV+q+out//'
 }
 # Ten sharing trees, small and large, for A/B readings (x 4 head configs: 40 cases).
 SUBSET_TREES="1,256_256,32;1,4,256_32,256,32;2,8,16,256_256,256,32,32;1,4,8,256_32,256,256,32;1,10_4096,416"
@@ -219,6 +221,16 @@ pdl)
       --iters 50 --check 2 --out "$out/pdl-$v-$tag.jsonl" 2>&1 | tee "$out/pdl-$v-$tag.txt" | grep -E 'geomean|fail')"
   done
   ;;
+carveout)
+  # PAT_SMEM_CARVEOUT: each kernel's own carveout (the driver's choice) against the largest for
+  # every kernel, so that CTAs of different launches can share an SM; the subset at 50 runs a
+  # case, the driver's choice again last (the drift between runs).
+  timeout 150 build/gpu/tests --filter 'gpu/smem_carveout*' 2>&1 | grep -E '^\[(FAIL|====)\]|Assert'
+  for v in default max default2; do
+    echo "== PAT_SMEM_CARVEOUT=$v: $(PAT_SMEM_CARVEOUT=${v%2} timeout 100 build/gpu/patbench --trees "$SUBSET_TREES" \
+      --iters 50 --check 2 --out "$out/carveout-$v-$tag.jsonl" 2>&1 | tee "$out/carveout-$v-$tag.txt" | grep -E 'geomean|fail')"
+  done
+  ;;
 leafheads)
   # The memory side of leaf CTAs that take several kv heads (bench/leaf_heads/leaf_heads.cu,
   # built here or carried as build/leaf_heads).
@@ -228,7 +240,11 @@ leafheads)
 sass)
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   case=${CASE:-1,256_256,32:64/8}
-  for k in $(build/gpu/patgen plan --tree ${case%%:*} --heads ${case##*:} | awk '/^  tile/ {print $2}' | tr -d :) merge; do
+  # The plan with the table the run's context applies on this GPU (none: the cost model's).
+  table=specs/default.tune.$(echo "$gpu" | sed 's/^NVIDIA //' | tr 'A-Z ' 'a-z-').yaml
+  [ -f "$table" ] && [ "${PAT_TUNING:-}" != off ] && tuning="--tuning $table" || tuning=
+  echo "plan of $case: ${tuning:-cost model}"
+  for k in $(build/gpu/patgen plan ${case%%:*} --heads ${case##*:} $tuning | awk '/^prefix/ {p = 1} /^direct/ {p = 0} p && /^  tile/ {print $2}' | tr -d :) merge; do
     f="$out/sass-$k-$tag.csv"
     timeout 120 $ncu --clock-control none --section SourceCounters --section WarpStateStats --page source \
       --print-source sass --csv -k regex:$k --launch-count 1 \
