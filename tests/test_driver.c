@@ -1,6 +1,7 @@
 /* test_driver.c: the run-time loaded CUDA driver: a clear "no CUDA driver" where libcuda is
 ** absent; where it is present, devices, memory, a failing call's message, and an NVRTC kernel
-** launched directly, timed with events and replayed from a captured graph. */
+** launched directly, timed with events and replayed from a captured graph; the
+** PAT_SMEM_CARVEOUT setting that contexts pass to the driver. */
 #include <criterion/criterion.h>
 
 #include <dlfcn.h>
