@@ -575,16 +575,18 @@ static int copy_timer_run(copy_timer *t, size_t offset, size_t bytes, float *us,
   return 0;
 }
 
-double harness_copy_bandwidth(pat_context *ctx)
+double harness_copy_bandwidth(pat_context *ctx, char *err, size_t errlen)
 {
   const size_t n = (size_t)1 << 30;
-  char err[256];
   copy_timer t;
   double best = 0;
-  if (copy_timer_open(&t, ctx, n, n, err, sizeof err)) return 0;
+  if (copy_timer_open(&t, ctx, n, n, err, errlen)) return 0;
   for (int i = 0; i < 12; i++) {
     float us;
-    if (copy_timer_run(&t, 0, n, &us, err, sizeof err)) break;
+    if (copy_timer_run(&t, 0, n, &us, err, errlen)) {
+      best = 0;  /* a failed copy: no rate from the ones before it either */
+      break;
+    }
     double bw = 2.0 * (double)n / (us * 1e-6);
     if (i >= 2 && bw > best) best = bw;
   }

@@ -82,8 +82,9 @@ int harness_run(harness *h, pat_mode mode, int max_check, int iters, harness_res
 ** is the one build's time. The tuner turns it off: it runs thousands of configurations. */
 void harness_time_plans(harness *h, int on);
 
-/* Device-to-device copy bandwidth in bytes/s (read + written) over a 1 GiB buffer. */
-double harness_copy_bandwidth(pat_context *ctx);
+/* Device-to-device copy bandwidth in bytes/s (read + written) over a 1 GiB buffer; 0 with a
+** message in err when a copy could not be made or timed. */
+double harness_copy_bandwidth(pat_context *ctx, char *err, size_t errlen);
 
 /* How long a plain device-to-device copy takes against the bytes it moves (read + written),
 ** cold in L2: the floor's 1 GiB rate is not reached by a transfer of a small tree's size. */

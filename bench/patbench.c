@@ -70,7 +70,11 @@ int main(int argc, char **argv)
   pat_context_device(ctx, NULL, NULL, gpu, sizeof gpu);
   FILE *out = out_path ? fopen(out_path, "w") : stdout;
   if (!out) { perror(out_path); return 1; }
-  double bw = harness_copy_bandwidth(ctx);
+  double bw = harness_copy_bandwidth(ctx, err, sizeof err);
+  if (bw <= 0) {
+    fprintf(stderr, "copy bandwidth: %s\n", err);
+    return 1;
+  }
   harness_copy_ramp ramp;
   if (harness_measure_copy_ramp(ctx, &ramp, err, sizeof err)) {
     fprintf(stderr, "copy ramp: %s\n", err);

@@ -115,7 +115,11 @@ int patgen_cmd_run(int argc, char **argv)
     fprintf(stderr, "patgen: %s\n", err);
     goto out;
   }
-  double bw = harness_copy_bandwidth(ctx);
+  double bw = harness_copy_bandwidth(ctx, err, sizeof err);
+  if (bw <= 0) {
+    fprintf(stderr, "patgen: copy bandwidth: %s\n", err);
+    goto out;
+  }
   double floor_us = harness_floor_bytes(h) / bw * 1e6;
   printf("workload %s, %d/%d heads: %d queries, %lld unique KV tokens, floor %.1f us "
          "(%.1f MB at %.2f TB/s copy bandwidth)\n", a.tree, a.q_heads, a.kv_heads, w.num_queries,
