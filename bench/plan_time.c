@@ -1,7 +1,7 @@
 /* plan_time.c: times pat_sched_build (median of 200 builds; fresh buffers, then one scratch
 ** kept across the builds as pat_plan_update does) on the paper's trees and on random-shaped
 ** batches of 64/256/1024 queries; prints microseconds and read/unique KV.
-** Build: cc -std=c11 -D_GNU_SOURCE -O2 -Igen -Iruntime runtime/sched.c runtime/tree.c \
+** Build: cc -std=c11 -D_GNU_SOURCE -O2 -Igen -Iruntime runtime/sched*.c runtime/tree.c \
 **        gen/tuning.c gen/tile.c bench/plan_time.c -o build/plan_time */
 #include <stdio.h>
 #include <stdlib.h>
