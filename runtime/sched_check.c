@@ -113,6 +113,14 @@ static int32_t *ptab_slot(ptab *t, int32_t page)
   return &t->code[h];
 }
 
+/* The message for a page id outside the cache; returns -1. */
+static int out_of_range(int32_t q, int32_t page, int32_t pos, int32_t npt, char *err, size_t errlen)
+{
+  pat_set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
+              (int)q, (int)page, (int)pos, (int)npt);
+  return -1;
+}
+
 static int check_pages_exact(ctx *c, int64_t *unique_tokens, char *err, size_t errlen)
 {
   size_t total = (size_t)c->n;
@@ -140,12 +148,7 @@ static int check_pages_exact(ctx *c, int64_t *unique_tokens, char *err, size_t e
     const int32_t *row = row_of(c, q);
     for (int32_t i = 0; i < nd->npages; i++) {
       int32_t page = row[nd->pos + i], pos = nd->pos + i;
-      if (page < 0 || page >= npt) {
-        pat_set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
-                (int)q, (int)page, (int)pos, (int)npt);
-        rc = -1;
-        break;
-      }
+      if (page < 0 || page >= npt) { rc = out_of_range(q, page, pos, npt, err, errlen); break; }
       int32_t *code = ptab_slot(&t, page);
       if (*code == -1) { *code = pos * 2; full++; }
       else if (*code != pos * 2) { report_conflict(c, page, err, errlen); rc = -1; break; }
@@ -155,12 +158,7 @@ static int check_pages_exact(ctx *c, int64_t *unique_tokens, char *err, size_t e
     int32_t tt = c->tl[q];
     if (tt == 0) continue;
     int32_t pos = c->nf[q], page = row_of(c, q)[pos];
-    if (page < 0 || page >= npt) {
-      pat_set_err(err, errlen, "query %d: page id %d at position %d is out of range [0, %d)",
-              (int)q, (int)page, (int)pos, (int)npt);
-      rc = -1;
-      break;
-    }
+    if (page < 0 || page >= npt) { rc = out_of_range(q, page, pos, npt, err, errlen); break; }
     int32_t *code = ptab_slot(&t, page);
     if (*code != -1) { report_conflict(c, page, err, errlen); rc = -1; break; }
     *code = pos * 2 + 1;
