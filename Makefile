@@ -48,7 +48,7 @@ help:
 	@echo "make sass-check      the wgmma kernels' softmax beside P V in SASS (needs cuobjdump)"
 
 deps:
-	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev python3-pytest; do \
+	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev python3-pytest python3-numpy; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -102,7 +102,8 @@ test:
 	@$(MAKE) -s deps
 	@$(MAKE) test-only
 
-# Debian's python3 (python3-pytest) runs the binding's tests; torch and GPU tests skip there.
+# Debian's python3 (python3-pytest, python3-numpy: the binding's numpy path) runs the
+# binding's tests; torch and GPU tests skip there.
 PYTEST_PY ?= /usr/bin/python3
 test-only: bin/patgen build/tests build/libpat.so check-generated compile-report sass-check
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
