@@ -29,7 +29,7 @@ EMBEDDED = $(sort $(wildcard templates/*.lua) $(wildcard templates/device/*.cuh)
 SPECS    = $(sort $(filter-out $(wildcard specs/*.tune*.yaml),$(wildcard specs/*.yaml)))  # tuning tables are not specs
 
 OBJ      = $(patsubst %.c,build/obj/%.o,$(LIB_SRC))
-HARNESS  = bench/harness.c
+HARNESS  = bench/harness.c bench/harness_copy.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
@@ -80,11 +80,11 @@ build/libpat.so: $(OBJ)
 	$(Q)$(CC) -shared -o $@ $^ $(SO_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 	$(Q)cp -L $(LUA_SO) build/
 
-bin/patbench: build/obj/bench/patbench.o build/obj/bench/harness.o build/libpat.a
+bin/patbench: build/obj/bench/patbench.o build/obj/bench/harness.o build/obj/bench/harness_copy.o build/libpat.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
 
-bin/pattune: build/obj/bench/tune.o build/obj/bench/harness.o build/libpat.a
+bin/pattune: build/obj/bench/tune.o build/obj/bench/harness.o build/obj/bench/harness_copy.o build/libpat.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS) -lm
 
