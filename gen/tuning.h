@@ -1,5 +1,5 @@
 /* tuning.h: tuning tables (written by bench/tune.c, read by the runtime): applying one to a
-** spec, where it lives next to its spec, writing one. The YAML reader is in spec.c. */
+** spec, where it lives next to its spec, writing one. The YAML reader is in tuning_read.c. */
 #ifndef PAT_TUNING_H
 #define PAT_TUNING_H
 
