@@ -1,8 +1,9 @@
 // copy_ramp.cu: how long the GPU takes to move a given number of bytes, from a few MB to 1 GiB.
 // The benchmarks' floor divides a workload's unique bytes by the rate of a 1 GiB copy; a small
 // tree reads only 30-70 MB, and this says what a plain device-to-device copy (cudaMemcpyAsync)
-// and a plain read of that many bytes (a grid-stride sum of 16-byte loads) take: the part of
-// a small tree's distance to the floor that no kernel of any design removes.
+// and a plain read of that many bytes (a grid-stride sum of 16-byte loads, one or four in flight
+// a thread) take: the part of a small tree's distance to the floor that no kernel of any design
+// removes.
 // Each run reads a new slice of a 4 GiB pool (L2 holds none of it); the read kernel's sum is
 // checked against the host's. Times: CUDA events, 5 warm-up runs, median of 50.
 // Build: nvcc -std=c++17 -O2 -arch=sm_90 bench/copy_ramp/copy_ramp.cu -o build/copy_ramp
@@ -40,6 +41,31 @@ __global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long
   }
 }
 
+// The same sum with four independent 16-byte loads in flight a thread: a CTA takes chunks of
+// 4 x blockDim words (word k x blockDim + tid of its chunk in load k), so that even an 8 MB
+// read has all of its loads issued at once, and its time is the GPU's, not the loop's.
+__global__ void read_sum4(const uint4 *__restrict__ p, long long n, unsigned long long *out)
+{
+  const long long chunk = 4ll * blockDim.x, chunks = (n + chunk - 1) / chunk;
+  unsigned long long s = 0;
+  for (long long c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const long long i = c * chunk + threadIdx.x;
+    uint4 w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = i + k * blockDim.x < n ? __ldcs(p + i + k * blockDim.x) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int k = 0; k < 4; k++) s += (unsigned long long)w[k].x + w[k].y + w[k].z + w[k].w;
+  }
+  __shared__ unsigned long long warp_sum[32];
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < blockDim.x / 32; w++) s += warp_sum[w];
+    atomicAdd(out, s);
+  }
+}
+
 float median(std::vector<float> v)
 {
   std::sort(v.begin(), v.end());
@@ -66,11 +92,35 @@ int main(int argc, char **argv)
   CK(cudaEventCreate(&b));
   const int grid = 8 * prop.multiProcessorCount;  // enough loads in flight to cover DRAM latency
   printf("%s: %d SMs; times: median of %d runs, us\n", prop.name, prop.multiProcessorCount, RUNS);
-  printf("%8s %12s %10s %12s %10s\n", "MB", "memcpy us", "TB/s r+w", "read us", "TB/s read");
+  printf("%8s %12s %10s %12s %10s %12s %10s\n", "MB", "memcpy us", "TB/s r+w", "read us", "TB/s read",
+         "read4 us", "TB/s read4");
   for (long long mb : mbs) {
     const long long bytes = mb << 20, words = bytes / 16, slices = POOL / bytes;
     if (mb <= 0 || mb > 1024) { fprintf(stderr, "copy_ramp: %lld MB: sizes go from 1 to 1024\n", mb); return 1; }
-    std::vector<float> tc, tr;
+    std::vector<float> tc, tr, tr4;
+    // One read of `words` words from src by `kernel`, timed into t (after the warm-up); the
+    // first timed run's sum is checked: lanes i..i+3 of words first..first+words-1, mod 2^64.
+    auto timed_read = [&](decltype(&read_sum) kernel, const uint4 *src, int r, std::vector<float> &t) {
+      float ms;
+      CK(cudaMemsetAsync(sum, 0, sizeof *sum));
+      CK(cudaEventRecord(a));
+      kernel<<<grid, 256>>>(src, words, sum);
+      CK(cudaEventRecord(b));
+      CK(cudaEventSynchronize(b));
+      CK(cudaGetLastError());
+      CK(cudaEventElapsedTime(&ms, a, b));
+      if (r >= WARMUP) t.push_back(ms * 1000.f);
+      if (r == WARMUP) {
+        unsigned long long got, want = 0;
+        CK(cudaMemcpy(&got, sum, sizeof got, cudaMemcpyDeviceToHost));
+        const long long first = (src - pool);
+        for (long long i = first; i < first + words; i++) want += 4ull * (unsigned)i + 6;
+        if (got != want) {
+          fprintf(stderr, "copy_ramp: %lld MB: read sum %llu, expected %llu\n", mb, got, want);
+          exit(1);
+        }
+      }
+    };
     for (int r = 0; r < WARMUP + RUNS; r++) {
       const long long slice = r % slices;  // a slice not read in the run before
       const uint4 *src = pool + slice * words;
@@ -81,25 +131,13 @@ int main(int argc, char **argv)
       CK(cudaEventSynchronize(b));
       CK(cudaEventElapsedTime(&ms, a, b));
       if (r >= WARMUP) tc.push_back(ms * 1000.f);
-      const uint4 *rsrc = pool + ((slice + slices / 2) % slices) * words;  // not the copy's
-      CK(cudaMemsetAsync(sum, 0, sizeof *sum));
-      CK(cudaEventRecord(a));
-      read_sum<<<grid, 256>>>(rsrc, words, sum);
-      CK(cudaEventRecord(b));
-      CK(cudaEventSynchronize(b));
-      CK(cudaGetLastError());
-      CK(cudaEventElapsedTime(&ms, a, b));
-      if (r >= WARMUP) tr.push_back(ms * 1000.f);
-      if (r == WARMUP) {  // the sum of lanes i..i+3 of words first..first+words-1, mod 2^64
-        unsigned long long got, want = 0;
-        CK(cudaMemcpy(&got, sum, sizeof got, cudaMemcpyDeviceToHost));
-        const long long first = (rsrc - pool);
-        for (long long i = first; i < first + words; i++) want += 4ull * (unsigned)i + 6;
-        if (got != want) { fprintf(stderr, "copy_ramp: %lld MB: read sum %llu, expected %llu\n", mb, got, want); return 1; }
-      }
+      // the reads take slices the copy and each other did not just touch
+      timed_read(read_sum, pool + ((slice + slices / 2) % slices) * words, r, tr);
+      timed_read(read_sum4, pool + ((slice + 3 * slices / 4) % slices) * words, r, tr4);
     }
-    const float c = median(tc), rd = median(tr);
-    printf("%8lld %12.1f %10.2f %12.1f %10.2f\n", mb, c, 2e-6 * bytes / c, rd, 1e-6 * bytes / rd);
+    const float c = median(tc), rd = median(tr), rd4 = median(tr4);
+    printf("%8lld %12.1f %10.2f %12.1f %10.2f %12.1f %10.2f\n", mb, c, 2e-6 * bytes / c, rd, 1e-6 * bytes / rd,
+           rd4, 1e-6 * bytes / rd4);
   }
   return 0;
 }
