@@ -90,6 +90,7 @@ int main(int argc, char **argv)
           bw / 1e12, spec_path, ntrees, nheads, pat_context_tuning(ctx));
 
   row *rows = calloc((size_t)ntrees * nheads, sizeof *rows);
+  if (!rows) { fprintf(stderr, "patbench: out of memory\n"); return 1; }
   int nrows = 0, failures = 0;
   for (int ti = 0; ti < ntrees; ti++) {
     pat_workload w;

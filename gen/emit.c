@@ -54,9 +54,15 @@ static int write_if_different(const char *path, const char *text, int *written, 
   char tmp[4200];
   snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
   FILE *f = fopen(tmp, "wb");
-  if (!f || fwrite(text, 1, n, f) != n || fclose(f)) {
+  if (!f) {
     snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
-    if (f) unlink(tmp);
+    return -1;
+  }
+  const int wrote = fwrite(text, 1, n, f) == n;
+  const int saved = errno;
+  if (fclose(f) || !wrote) {  /* closed either way: a failed write no longer leaks the FILE */
+    snprintf(err, errlen, "%s: %s", tmp, strerror(wrote ? errno : saved));
+    unlink(tmp);
     return -1;
   }
   if (rename(tmp, path)) {
