@@ -85,8 +85,6 @@ int sched_assemble(ctx *c, const int32_t *cnt, pat_host_plan *plan)
   /* scratch: final packs, sort keys and permutation, slot bases and counters, buckets */
   size_t nb = (size_t)nt * 32 + 1;
   fpack *fp = sched_scratch(c, SB_FINAL, (size_t)nf * sizeof *fp + ((size_t)nf * 2 + (size_t)n * 2 + nb) * sizeof(int32_t));
-  int32_t *key = fp ? (int32_t *)(void *)(fp + nf) : NULL;
-  int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
   plan->packs = sched_plan_array(c, SB_PLAN_PACKS, (size_t)nf * sizeof *plan->packs);
   plan->pack_queries = sched_plan_array(c, SB_PLAN_PACK_QUERIES, (size_t)npq * sizeof *plan->pack_queries);
   plan->pages = sched_plan_array(c, SB_PLAN_PAGES, (size_t)(npages ? npages : 1) * sizeof *plan->pages);
@@ -101,6 +99,8 @@ int sched_assemble(ctx *c, const int32_t *cnt, pat_host_plan *plan)
   if (!fp || !plan->packs || !plan->pack_queries || !plan->pages || !plan->merges || !plan->groups ||
       (c->nmp > 0 && !plan->page_masks))
     goto out;
+  int32_t *key = (int32_t *)(void *)(fp + nf);
+  int32_t *perm = key + nf, *next = perm + nf, *bucket = next + (size_t)n * 2;
   memset(bucket, 0, nb * sizeof *bucket);
 
   /* pick_tile depends on (queries, tokens) only: a small direct-mapped cache of its answers */
