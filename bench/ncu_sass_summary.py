@@ -6,7 +6,7 @@ where FILE.csv is `ncu --section SourceCounters --page source --print-source sas
 Prints the stall reasons, where the stall samples fall by opcode, the executed instructions
 by opcode, and the 25 instructions with the most samples.
 """
-import csv, sys, collections, re
+import csv, sys, collections
 f = sys.argv[1]
 lines = open(f).read().splitlines()
 start = [i for i,l in enumerate(lines) if l.startswith('"Address"')][0]

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -290,7 +289,7 @@ def run_tree(args, ctx, model: Model, tree_text: str, device) -> dict:
         attn = Attention(m, ctx, cache)
         with torch.no_grad():
             for t in range(args.warmup):
-                nxt = decode_step(model, cache, attn, tokens[t]).argmax(-1)
+                decode_step(model, cache, attn, tokens[t]).argmax(-1)
             torch.cuda.synchronize()
             attn.plan_us.clear()
             t0 = time.perf_counter()

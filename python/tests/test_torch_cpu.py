@@ -8,7 +8,7 @@ import pytest
 from conftest import FakeTensor
 
 import pat
-from pat import _tensors, vllm_backend
+from pat import vllm_backend
 
 
 torch = pytest.importorskip("torch")
