@@ -95,7 +95,7 @@ int main(int argc, char **argv)
   for (int ti = 0; ti < ntrees; ti++) {
     pat_workload w;
     if (pat_tree_parse(trees[ti], spec.page_size, 1000 + ti, &w, err, sizeof err)) {
-      fprintf(stderr, "tree %s: %s\n", trees[ti], err);
+      fprintf(stderr, "patbench: %s\n", err);  /* the message names the tree */
       failures++;
       continue;
     }

@@ -209,7 +209,7 @@ int main(int argc, char **argv)
 
   for (int i = 0; i < t.ntrees; i++) {
     if (pat_tree_parse(t.trees[i], spec.page_size, seed * 1000 + (unsigned)i + 1, &t.work[i], err, sizeof err)) {
-      fprintf(stderr, "pattune: tree %s: %s\n", t.trees[i], err);
+      fprintf(stderr, "pattune: %s\n", err);  /* the message names the tree */
       return 1;
     }
     for (int gi = 0; gi < spec.num_gqa; gi++) {

@@ -105,7 +105,7 @@ int patgen_cmd_run(int argc, char **argv)
          (t1.tv_sec - t0.tv_sec) * 1e3 + (t1.tv_nsec - t0.tv_nsec) / 1e6, pat_context_tuning(ctx));
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {
-    fprintf(stderr, "patgen: tree '%s': %s\n", a.tree, err);
+    fprintf(stderr, "patgen: %s\n", err);  /* the message names the tree */
     pat_context_destroy(ctx);
     return 2;
   }
@@ -169,7 +169,7 @@ int patgen_cmd_plan(int argc, char **argv)
   }
   pat_workload w;
   if (pat_tree_parse(a.tree, spec.page_size, a.ordered ? 0 : 42, &w, err, sizeof err)) {
-    fprintf(stderr, "patgen plan: tree '%s': %s\n", a.tree, err);
+    fprintf(stderr, "patgen plan: %s\n", err);
     return 2;
   }
   int gqa = a.q_heads / a.kv_heads, rc = 0;

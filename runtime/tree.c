@@ -124,8 +124,13 @@ int pat_tree_parse(const char *text, int page_size, uint64_t seed, pat_workload 
     stride += pages[l];
     if (l + 1 < nc) prefix_tokens += len[l];
   }
-  if (total_pages > (1LL << 30) || (int64_t)cnt[nc - 1] * stride > (1LL << 30)) {
-    pat_set_err(err, errlen, "tree '%s' is too large", text);
+  /* A synthetic workload is built in host memory, page table and all: at most 2^26 pages
+  ** and 2^26 block-table entries (256 MiB each), far more KV than a GPU holds (2^26 pages of
+  ** 16 tokens x 8 kv heads x head_dim 128 in fp16 are 2 TiB of K and V). */
+  const int64_t limit = 1LL << 26, entries = (int64_t)cnt[nc - 1] * stride;
+  if (total_pages > limit || entries > limit) {
+    pat_set_err(err, errlen, "tree '%s' is too large: %lld pages and %lld block-table entries (at most %lld each)",
+                text, (long long)total_pages, (long long)entries, (long long)limit);
     return -1;
   }
   uint64_t st = seed;

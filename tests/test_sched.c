@@ -657,6 +657,10 @@ Test(sched, error_tree_strings)
   cr_assert_eq(pat_tree_parse("1,x_32,16", 16, 1, &w, err, sizeof err), -1);
   cr_assert_eq(pat_tree_parse("1,2", 16, 1, &w, err, sizeof err), -1);
   cr_assert_eq(w.seq_lens, NULL);
+  /* refused before anything is allocated: 2^28 block-table entries would be 1 GiB */
+  cr_assert_eq(pat_tree_parse("1547_5554512", 32, 1, &w, err, sizeof err), -1);
+  cr_assert(strstr(err, "is too large: 268526713 pages"), "%s", err);
+  cr_assert_eq(w.seq_lens, NULL);
 }
 
 /* The tile of the one-query packs of `tree` at GQA `gqa` under the default tiles, with the
