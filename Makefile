@@ -33,7 +33,7 @@ HARNESS  = bench/harness.c bench/harness_copy.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
-.PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run
+.PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run fuzz
 all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so
 
 help:
@@ -46,6 +46,7 @@ help:
 	@echo "make gpu-bundle      build/gpu: tests and tools for a GPU machine (tests/gpu_run.sh)"
 	@echo "make goldens         rewrite tests/golden/ from the current templates"
 	@echo "make sass-check      the wgmma kernels' softmax beside P V in SASS (needs cuobjdump)"
+	@echo "make fuzz            libFuzzer over specs, tuning tables, trees, batches (needs clang)"
 
 deps:
 	@missing=""; for p in liblua5.4-dev libyaml-dev libcriterion-dev libxxhash-dev python3-pytest python3-numpy; do \
@@ -163,6 +164,24 @@ run:
 	bin/patgen specs/default.yaml -o build/default
 	bin/patgen compile specs/default.yaml
 	bin/patgen run specs/default.yaml
+
+# libFuzzer over every reader of user input (tests/fuzz/fuzz_inputs.c) with ASan and UBSan,
+# seeded with the specs, the bad specs, the tuning tables and the paper's trees (from
+# runtime/tree.c). Not part of `make test` (it needs clang and takes FUZZ_SECONDS); a finding
+# is written to build/fuzz/.
+FUZZ_SECONDS ?= 120
+FUZZ_SRC = gen/spec.c gen/yaml_doc.c gen/tuning_read.c gen/tuning.c gen/tile.c $(wildcard runtime/sched*.c) \
+           runtime/tree.c tests/fuzz/fuzz_inputs.c
+fuzz: $(FUZZ_SRC)
+	@command -v clang >/dev/null || { echo "fuzz: needs clang (with libFuzzer)"; exit 1; }
+	@mkdir -p build/fuzz/corpus
+	$(Q)clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -iquote gen -iquote runtime $(FUZZ_SRC) -lyaml -o build/fuzz/fuzz_inputs
+	@i=0; for f in specs/*.yaml tests/bad_specs/*.yaml; do i=$$((i + 1)); \
+	  case $$f in *.tune*) b='\001';; *) b='\000';; esac; { printf "$$b"; cat $$f; } > build/fuzz/corpus/file$$i; done; \
+	for t in $$(grep -o '"[0-9,]*_[0-9,]*"' runtime/tree.c | tr -d '"') 1,8_512,100 2_10000 1,3_30,16; do \
+	  i=$$((i + 1)); { printf '\002'; printf '%s' "$$t"; } > build/fuzz/corpus/tree$$i; done
+	cd build/fuzz && ./fuzz_inputs -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -rss_limit_mb=4096 corpus
 
 clean:
 	rm -rf build bin
