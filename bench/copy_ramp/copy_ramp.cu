@@ -21,16 +21,10 @@ __global__ void fill(uint4 *p, long long n)
     p[i] = make_uint4((unsigned)i, (unsigned)i + 1, (unsigned)i + 2, (unsigned)i + 3);
 }
 
-// Sum of every 4-byte lane of n words from p, into *out (wrapping 64-bit integer sum).
-__global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long long *out)
+// Adds the CTA's threads' s to *out. One atomic a CTA, not a warp: thousands of same-address
+// atomics would take microseconds of their own at the small sizes this is meant to read.
+__device__ void cta_add(unsigned long long s, unsigned long long *out)
 {
-  unsigned long long s = 0;
-  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    const uint4 w = __ldcs(p + i);
-    s += (unsigned long long)w.x + w.y + w.z + w.w;
-  }
-  // One atomic a CTA, not a warp: thousands of same-address atomics would take microseconds
-  // of their own at the small sizes this is meant to read.
   __shared__ unsigned long long warp_sum[32];
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
   if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x / 32] = s;
@@ -39,6 +33,17 @@ __global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long
     for (int w = 1; w < blockDim.x / 32; w++) s += warp_sum[w];
     atomicAdd(out, s);
   }
+}
+
+// Sum of every 4-byte lane of n words from p, into *out (wrapping 64-bit integer sum).
+__global__ void read_sum(const uint4 *__restrict__ p, long long n, unsigned long long *out)
+{
+  unsigned long long s = 0;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const uint4 w = __ldcs(p + i);
+    s += (unsigned long long)w.x + w.y + w.z + w.w;
+  }
+  cta_add(s, out);
 }
 
 // The same sum with four independent 16-byte loads in flight a thread: a CTA takes chunks of
@@ -56,14 +61,7 @@ __global__ void read_sum4(const uint4 *__restrict__ p, long long n, unsigned lon
 #pragma unroll
     for (int k = 0; k < 4; k++) s += (unsigned long long)w[k].x + w[k].y + w[k].z + w[k].w;
   }
-  __shared__ unsigned long long warp_sum[32];
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if ((threadIdx.x & 31) == 0) warp_sum[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < blockDim.x / 32; w++) s += warp_sum[w];
-    atomicAdd(out, s);
-  }
+  cta_add(s, out);
 }
 
 float median(std::vector<float> v)
