@@ -104,7 +104,8 @@ test:
 	@$(MAKE) test-only
 
 # Debian's python3 (python3-pytest, python3-numpy: the binding's numpy path) runs the
-# binding's tests; torch and GPU tests skip there.
+# binding's tests; the PyTorch ones skip without PyTorch (CI installs Debian's), the GPU
+# ones without a GPU.
 PYTEST_PY ?= /usr/bin/python3
 test-only: bin/patgen build/tests build/libpat.so check-generated compile-report sass-check
 	ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS=suppressions=tests/lsan.supp UBSAN_OPTIONS=print_stacktrace=1 build/tests $(TEST_ARGS)
