@@ -33,12 +33,13 @@ HARNESS  = bench/harness.c bench/harness_copy.c
 CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
-.PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run fuzz
-all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so
+.PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run fuzz examples
+all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so build/examples/decode_step
+examples: build/examples/decode_step
 
 help:
 	@echo "make deps            install the Debian packages pat needs (apt-get)"
-	@echo "make all             build bin/patgen, build/libpat.a, build/libpat.so"
+	@echo "make all             build bin/patgen, build/libpat.a, build/libpat.so, the C example"
 	@echo "make run             generate + compile the default spec, run a default decode workload"
 	@echo "make generate        regenerate generated/ from specs/"
 	@echo "make check-generated fail if generated/ differs from a fresh generation"
@@ -89,6 +90,12 @@ bin/pattune: build/obj/bench/tune.o build/obj/bench/harness.o build/obj/bench/ha
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS) -lm
 
+# The C example: pat.h and the CUDA runtime only, as an engine would link it.
+build/examples/decode_step: examples/decode_step.c runtime/pat.h build/libpat.a
+	@mkdir -p $(@D)
+	$(Q)$(CC) -std=c11 $(WARN) $(CFLAGS) -iquote runtime -isystem $(CUDA_HOME)/include -o $@ $< build/libpat.a \
+	  $(STATIC_LIBS) $(CUDA_LIBS) -lcudart_static -lrt $(SYS_LIBS)
+
 bin/patgen: $(CLI_OBJ) build/libpat.a
 	@mkdir -p $(@D)
 	$(Q)$(CC) -o $@ $^ $(STATIC_LIBS) $(CUDA_LIBS) $(SYS_LIBS)
@@ -132,10 +139,10 @@ GPU_SKIP_LIBS = linux-vdso ld-linux libc.so libm.so libdl libpthread librt libz.
                 libresolv libkrb5 libgssapi libk5crypto libcom_err libkeyutils libpcre2 libffi \
                 libnvrtc libstdc libgcc
 TEST_OBJ = $(patsubst %.c,build/obj/%.o,$(TEST_SRC) $(HARNESS))
-gpu-bundle: bin/patgen build/libpat.so $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
+gpu-bundle: bin/patgen build/libpat.so build/examples/decode_step $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
 	@mkdir -p build/gpu/lib
 	$(Q)$(CC) -o build/gpu/tests $(TEST_OBJ) $(OBJ) $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
-	$(Q)cp bin/patgen build/libpat.so $(LUA_SO) build/gpu/
+	$(Q)cp bin/patgen build/libpat.so build/examples/decode_step $(LUA_SO) build/gpu/
 	$(Q)$(MAKE) -s bin/patbench bin/pattune && cp bin/patbench bin/pattune build/gpu/
 	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
 	  xargs -r -I{} cp -L {} build/gpu/lib/

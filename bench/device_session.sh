@@ -11,8 +11,9 @@
 #             wgmma kernels' SASS (bench/sass_overlap.sh, this machine's NVRTC), build/copy_ramp
 #             (bench/copy_ramp/) and the wgmma probe (build/wg) when carried, then patbench on
 #             the full set (SUBSET=1: the 10-tree subset), the old bundle at BASE_ITERS (100)
-#             runs a case and the new at ITERS (50); FlashInfer where bench/results has no
-#             reading of this GPU model and 180 s are left before DEADLINE (560); the chart
+#             runs a case and the new at ITERS (50); the C example (build/gpu/decode_step);
+#             FlashInfer where bench/results has no reading of this GPU model and 180 s are
+#             left before DEADLINE (560); the chart
 #   readings  the numbers README.md quotes, for one GPU: quick suites (QUICK=0: none), patbench
 #             (100 runs a case), FlashInfer (carried wheels), the chart with this GPU model's
 #             peers; TUNE=1: then pattune (this GPU's table) and patbench with the table;
@@ -139,6 +140,8 @@ abfull)
       --out "$out/patbench-$b-$tag.jsonl" > "$out/patbench-$b-$tag.txt" 2>&1
     echo "== $b ($(cat build/$b/SOURCE 2>/dev/null || echo '?')), $n runs a case:"; grep -E 'tuning|sharing trees|no sharing 256_4096 32/8|failures' "$out/patbench-$b-$tag.txt" | tail -5
   done
+  # The C example (its kernels are in the disk cache by now), when the bundle has it.
+  [ -x build/gpu/decode_step ] && timeout 60 build/gpu/decode_step 2>&1 | tee "$out/decode-step-$tag.log"
   if ! ls bench/results/peers-flashinfer-${tag%%-*}-* >/dev/null 2>&1 && [ "${FI:-1}" = 1 ] &&
     [ $SECONDS -lt $((${DEADLINE:-560} - 180)) ]; then
     flashinfer_wheels
