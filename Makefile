@@ -34,8 +34,12 @@ CLI_OBJ  = $(patsubst %.c,build/obj/%.o,$(CLI_SRC) $(HARNESS))
 SAN_OBJ  = $(patsubst %.c,build/san/%.o,$(LIB_SRC) $(TEST_SRC) $(HARNESS))
 
 .PHONY: test-only gpu-bundle all generate check-generated compile-report sass-check test test-cpu test-gpu goldens deps clean help run fuzz examples
-all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so build/examples/decode_step
-examples: build/examples/decode_step
+# The C example links the CUDA runtime (libcudart_static), which a toolkit with only NVRTC
+# lacks: it is built where that is found.
+EXAMPLES = $(if $(wildcard $(CUDA_HOME)/lib64/libcudart_static.a),build/examples/decode_step)
+all: bin/patgen bin/patbench bin/pattune build/libpat.a build/libpat.so $(EXAMPLES)
+examples: $(EXAMPLES)
+	@[ -n "$(EXAMPLES)" ] || echo "examples: skipped: no $(CUDA_HOME)/lib64/libcudart_static.a"
 
 help:
 	@echo "make deps            install the Debian packages pat needs (apt-get)"
@@ -139,10 +143,10 @@ GPU_SKIP_LIBS = linux-vdso ld-linux libc.so libm.so libdl libpthread librt libz.
                 libresolv libkrb5 libgssapi libk5crypto libcom_err libkeyutils libpcre2 libffi \
                 libnvrtc libstdc libgcc
 TEST_OBJ = $(patsubst %.c,build/obj/%.o,$(TEST_SRC) $(HARNESS))
-gpu-bundle: bin/patgen build/libpat.so build/examples/decode_step $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
+gpu-bundle: bin/patgen build/libpat.so $(EXAMPLES) $(TEST_OBJ) $(OBJ) $(wildcard bench/*.c)
 	@mkdir -p build/gpu/lib
 	$(Q)$(CC) -o build/gpu/tests $(TEST_OBJ) $(OBJ) $(STATIC_LIBS) $(CUDA_LIBS) -lcriterion $(SYS_LIBS)
-	$(Q)cp bin/patgen build/libpat.so build/examples/decode_step $(LUA_SO) build/gpu/
+	$(Q)cp bin/patgen build/libpat.so $(EXAMPLES) $(LUA_SO) build/gpu/
 	$(Q)$(MAKE) -s bin/patbench bin/pattune && cp bin/patbench bin/pattune build/gpu/
 	$(Q)ldd build/gpu/tests | awk '/=>/ {print $$3}' | grep -v -E '$(shell echo $(GPU_SKIP_LIBS) | tr ' ' '|')' | \
 	  xargs -r -I{} cp -L {} build/gpu/lib/
