@@ -13,8 +13,10 @@ export PAT_CACHE_DIR=${PAT_CACHE_DIR:-$PWD/build/gpu_cache}
   build/gpu/tests --filter 'driver/*' 2>&1 | tail -1 || status=1
   echo "== patgen run (the default job)"
   build/gpu/patgen run || status=1
-  echo "== the C example (examples/decode_step.c)"
-  build/gpu/decode_step || status=1
+  if [ -x build/gpu/decode_step ]; then
+    echo "== the C example (examples/decode_step.c)"
+    build/gpu/decode_step || status=1
+  fi
   if [ -z "${1:-}" ]; then
     echo "== Python binding on the GPU"
     PAT_LIBRARY=$PWD/build/gpu/libpat.so python3 -m pytest python/tests -q -rs -p no:cacheprovider || status=1
