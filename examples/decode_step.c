@@ -33,7 +33,9 @@ enum {
     }                                                                              \
   } while (0)
 
-/* fp16 and bf16 bits <-> float, round to nearest even (inputs here are small and normal). */
+/* fp16 and bf16 bits <-> float, round to nearest even (inputs here are small and normal). The
+** example's own (bench/harness.c has the same): it uses nothing of pat but pat.h, so that it
+** can be copied out of the tree as it is. */
 static uint16_t to_half(float f)
 {
   uint32_t x;
